@@ -1,0 +1,411 @@
+/* touchfile's native core: a flock() wait that blocks in the kernel and can
+ * be ended from any thread by a signal sent to exactly the waiting thread.
+ *
+ * Why C: CPython retries a flock() interrupted by a signal (PEP 475) and runs
+ * Python signal handlers only in the main thread, so neither fcntl.flock()
+ * nor signal.pthread_kill() can end a wait in a worker thread.
+ *
+ * How: the interrupt signal gets a no-op handler installed without
+ * SA_RESTART, so a blocked flock() returns EINTR when the signal arrives.
+ * One scheduler thread owns every deadline (a min-heap) and re-sends the
+ * signal until the waiter acknowledges by leaving its wait. All waiter state
+ * is guarded by one mutex; the signal is sent only while that mutex is held
+ * and the waiter is still inside tf_wait(), so pthread_kill() never sees a
+ * thread that has left (or ended). */
+
+#define _GNU_SOURCE
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "touchfile.h"
+
+#ifndef TF_VERSION
+#error "build with -DTF_VERSION=\"x.y.z\" (see _native/build_ffi.py)"
+#endif
+
+#define NOT_QUEUED SIZE_MAX
+/* A signal can land after the waiter checked its state but before flock()
+ * starts; the handler then runs in user space and the wait would block on.
+ * The scheduler re-sends, 50 us after the first send and backing off to
+ * 6.4 ms, until the waiter has left tf_wait(). */
+#define RESEND_FIRST_NS 50000LL
+#define RESEND_MAX_SHIFT 7
+/* Deadlines further out than this are no deadline (keeps int64 ns safe). */
+#define MAX_TIMEOUT_S 4.0e9
+
+enum { IDLE = 0, WAITING = 1 };
+
+struct tf_waiter {
+    pthread_t thread;       /* valid while state == WAITING */
+    int state;
+    int reason;             /* 0, or why the wait must end */
+    unsigned resends;       /* signals sent so far in this wait */
+    unsigned long epoch;    /* fork generation in which thread is valid */
+    int64_t deadline;       /* ns on CLOCK_MONOTONIC, or INT64_MAX */
+    int64_t due;            /* when the scheduler next acts on it */
+    size_t slot;            /* index in the heap, or NOT_QUEUED */
+};
+
+static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t wake;             /* CLOCK_MONOTONIC; set up with the scheduler */
+static int scheduler_running;
+static unsigned long epoch;             /* bumped in a forked child */
+static int signo = SIGURG;
+static tf_waiter **heap;
+static size_t heap_len, heap_cap;
+
+const char *tf_version(void) { return TF_VERSION; }
+
+static int64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}
+
+/* ---- the interrupt signal ------------------------------------------------ */
+
+/* Does nothing: its only job is to make the interrupted flock() return EINTR
+ * (no SA_RESTART). It touches no state, so it is async-signal-safe and keeps
+ * errno as it was. */
+static void on_interrupt(int sig) { (void)sig; }
+
+int tf_set_signal(int sig)
+{
+    if (sig <= 0 || sig >= NSIG)
+        return -EINVAL;
+    pthread_mutex_lock(&mu);
+    signo = sig;
+    pthread_mutex_unlock(&mu);
+    return 0;
+}
+
+int tf_get_signal(void) { return signo; }
+
+/* With mu held. Ours, or free to take (SIG_DFL/SIG_IGN): install the no-op
+ * handler without SA_RESTART. Anything else belongs to someone else (a
+ * Python handler, a Go runtime, a handler with SA_RESTART) and is left alone:
+ * the caller falls back to polling rather than block where no signal can
+ * reach it. Checked before every wait, so a handler that appears later is
+ * noticed at the next wait. */
+static int ensure_handler(void)
+{
+    struct sigaction cur, ours;
+    if (sigaction(signo, NULL, &cur) != 0)
+        return -errno;
+    if (!(cur.sa_flags & SA_SIGINFO) && cur.sa_handler == on_interrupt)
+        return (cur.sa_flags & SA_RESTART) ? TF_NO_HANDLER : TF_OK;
+    if ((cur.sa_flags & SA_SIGINFO) ||
+        (cur.sa_handler != SIG_DFL && cur.sa_handler != SIG_IGN))
+        return TF_NO_HANDLER;
+    memset(&ours, 0, sizeof ours);
+    ours.sa_handler = on_interrupt;
+    sigemptyset(&ours.sa_mask);
+    ours.sa_flags = 0; /* no SA_RESTART: that is the whole point */
+    if (sigaction(signo, &ours, NULL) != 0)
+        return -errno;
+    return TF_OK;
+}
+
+int tf_handler_ready(void)
+{
+    pthread_mutex_lock(&mu);
+    int rc = ensure_handler();
+    pthread_mutex_unlock(&mu);
+    return rc == TF_OK;
+}
+
+/* ---- the deadline heap (all with mu held) -------------------------------- */
+
+static void heap_set(size_t i, tf_waiter *w)
+{
+    heap[i] = w;
+    w->slot = i;
+}
+
+static void sift_up(size_t i)
+{
+    tf_waiter *w = heap[i];
+    while (i > 0) {
+        size_t parent = (i - 1) / 2;
+        if (heap[parent]->due <= w->due)
+            break;
+        heap_set(i, heap[parent]);
+        i = parent;
+    }
+    heap_set(i, w);
+}
+
+static void sift_down(size_t i)
+{
+    tf_waiter *w = heap[i];
+    for (;;) {
+        size_t child = 2 * i + 1;
+        if (child >= heap_len)
+            break;
+        if (child + 1 < heap_len && heap[child + 1]->due < heap[child]->due)
+            child++;
+        if (w->due <= heap[child]->due)
+            break;
+        heap_set(i, heap[child]);
+        i = child;
+    }
+    heap_set(i, w);
+}
+
+static int heap_push(tf_waiter *w)
+{
+    if (heap_len == heap_cap) {
+        size_t cap = heap_cap ? heap_cap * 2 : 64;
+        tf_waiter **grown = realloc(heap, cap * sizeof *grown);
+        if (grown == NULL)
+            return -ENOMEM;
+        heap = grown;
+        heap_cap = cap;
+    }
+    heap_set(heap_len++, w);
+    sift_up(w->slot);
+    /* A new earliest event: the scheduler may be sleeping until a later one. */
+    if (heap[0] == w)
+        pthread_cond_signal(&wake);
+    return 0;
+}
+
+static void heap_remove(tf_waiter *w)
+{
+    size_t i = w->slot;
+    w->slot = NOT_QUEUED;
+    tf_waiter *last = heap[--heap_len];
+    if (i == heap_len)
+        return;
+    heap_set(i, last);
+    sift_down(i);
+    sift_up(last->slot);
+}
+
+/* ---- interrupting a waiter ----------------------------------------------- */
+
+/* With mu held, w WAITING and w->reason set: signal exactly w's thread, and
+ * queue a re-send in case the signal landed before flock() started. Sending
+ * with mu held is what makes w->thread safe to use: w cannot leave tf_wait()
+ * (which takes mu) until we are done. */
+static void interrupt(tf_waiter *w, int64_t now)
+{
+    if (w->epoch != epoch)
+        return; /* a thread of the parent process: it does not exist here */
+    pthread_kill(w->thread, signo);
+    unsigned shift = w->resends < RESEND_MAX_SHIFT ? w->resends : RESEND_MAX_SHIFT;
+    w->resends++;
+    if (w->slot != NOT_QUEUED)
+        heap_remove(w);
+    w->due = now + (RESEND_FIRST_NS << shift);
+    /* On ENOMEM the re-send is lost; the first signal almost always lands. */
+    (void)heap_push(w);
+}
+
+static void *scheduler_main(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&mu);
+    for (;;) {
+        if (heap_len == 0) {
+            pthread_cond_wait(&wake, &mu);
+            continue;
+        }
+        tf_waiter *w = heap[0];
+        int64_t now = now_ns();
+        if (w->due > now) {
+            struct timespec ts = {(time_t)(w->due / 1000000000LL),
+                                  (long)(w->due % 1000000000LL)};
+            pthread_cond_timedwait(&wake, &mu, &ts);
+            continue;
+        }
+        heap_remove(w);
+        if (w->reason == 0)
+            w->reason = TF_DEADLINE;
+        interrupt(w, now);
+    }
+    return NULL;
+}
+
+/* With mu held. The scheduler blocks every signal, so that none meant for
+ * Python (SIGINT, ...) is delivered to a thread that cannot act on it. */
+static int ensure_scheduler(void)
+{
+    if (scheduler_running)
+        return 0;
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&wake, &attr);
+    pthread_condattr_destroy(&attr);
+
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_t tid;
+    int rc = pthread_create(&tid, NULL, scheduler_main, NULL);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != 0) {
+        pthread_cond_destroy(&wake);
+        return -rc;
+    }
+    pthread_detach(tid);
+    scheduler_running = 1;
+    return 0;
+}
+
+/* ---- fork ----------------------------------------------------------------- */
+
+/* The child has one thread: no scheduler, and every waiter that was WAITING
+ * belongs to a thread that does not exist there (epoch tells them apart). */
+static void before_fork(void) { pthread_mutex_lock(&mu); }
+static void after_fork_parent(void) { pthread_mutex_unlock(&mu); }
+static void after_fork_child(void)
+{
+    for (size_t i = 0; i < heap_len; i++)
+        heap[i]->slot = NOT_QUEUED;
+    heap_len = 0;
+    scheduler_running = 0;
+    epoch++;
+    pthread_mutex_unlock(&mu);
+}
+
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+static void register_fork_handlers(void)
+{
+    pthread_atfork(before_fork, after_fork_parent, after_fork_child);
+}
+
+/* ---- locking ---------------------------------------------------------------- */
+
+/* fd holds the lock: keep it only if path still names fd's file. Someone may
+ * have removed or replaced the file while we waited; a lock on the old inode
+ * would then guard nothing, since newcomers open the new one. */
+static int verify(int fd, const char *path, unsigned long long dev, unsigned long long ino)
+{
+    struct stat st;
+    if (stat(path, &st) == 0 && (unsigned long long)st.st_dev == dev &&
+        (unsigned long long)st.st_ino == ino)
+        return TF_OK;
+    /* Gone or replaced (or unreadable: reopening the path reports why). */
+    flock(fd, LOCK_UN);
+    return TF_STALE;
+}
+
+int tf_try(int fd, int op, const char *path, unsigned long long dev, unsigned long long ino)
+{
+    if (flock(fd, op | LOCK_NB) != 0) {
+        if (errno == EWOULDBLOCK)
+            return TF_BUSY;
+        return errno == EINTR ? TF_INTERRUPTED : -errno;
+    }
+    return verify(fd, path, dev, ino);
+}
+
+tf_waiter *tf_waiter_new(double timeout)
+{
+    pthread_once(&fork_once, register_fork_handlers);
+    tf_waiter *w = calloc(1, sizeof *w);
+    if (w == NULL)
+        return NULL;
+    w->slot = NOT_QUEUED;
+    w->deadline = INT64_MAX;
+    if (timeout >= 0 && timeout < MAX_TIMEOUT_S)
+        w->deadline = now_ns() + (int64_t)(timeout * 1e9);
+    return w;
+}
+
+void tf_waiter_free(tf_waiter *w)
+{
+    /* Never queued here: tf_wait() dequeues before it returns, and the
+     * caller frees only after tf_wait() has returned. */
+    free(w);
+}
+
+void tf_cancel(tf_waiter *w, int reason)
+{
+    pthread_mutex_lock(&mu);
+    if (w->reason == 0)
+        w->reason = reason;
+    /* resends > 0: already being interrupted, the scheduler goes on re-sending. */
+    if (w->state == WAITING && w->resends == 0)
+        interrupt(w, now_ns());
+    pthread_mutex_unlock(&mu);
+}
+
+int tf_wait(tf_waiter *w, int fd, int op, const char *path, unsigned long long dev,
+            unsigned long long ino)
+{
+    sigset_t ours, old;
+    int rc, err, reason;
+
+    /* The caller may have inherited a mask that blocks the signal (rpm hit
+     * this with flock -w): unblock it for the wait, restore it afterwards. */
+    sigemptyset(&ours);
+    sigaddset(&ours, signo);
+    pthread_sigmask(SIG_UNBLOCK, &ours, &old);
+
+    pthread_mutex_lock(&mu);
+    rc = ensure_handler();
+    if (rc == TF_OK)
+        rc = ensure_scheduler();
+    if (rc == TF_OK && w->reason == 0 && w->deadline <= now_ns())
+        w->reason = TF_DEADLINE;
+    if (rc == TF_OK && w->reason != 0)
+        rc = w->reason;
+    if (rc == TF_OK) {
+        w->thread = pthread_self();
+        w->epoch = epoch;
+        w->resends = 0;
+        w->state = WAITING;
+        if (w->deadline != INT64_MAX) {
+            w->due = w->deadline;
+            rc = heap_push(w);
+            if (rc != 0)
+                w->state = IDLE;
+        }
+    }
+    pthread_mutex_unlock(&mu);
+    if (rc != TF_OK) {
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        return rc;
+    }
+
+    /* The wait. A signal that arrives before flock() starts is lost; the
+     * scheduler's re-send covers that. EINTR is not retried here: the caller
+     * decides (ours: the wait is over; another signal: Python runs its
+     * handler, then waits again). */
+    rc = flock(fd, op);
+    err = errno;
+
+    pthread_mutex_lock(&mu);
+    w->state = IDLE; /* the acknowledgement: no signal is sent to us after this */
+    if (w->slot != NOT_QUEUED)
+        heap_remove(w);
+    reason = w->reason;
+    pthread_mutex_unlock(&mu);
+
+    if (sigismember(&old, signo)) {
+        /* Blocked again: consume a signal that was sent but not yet
+         * delivered, so none is left pending for the caller. */
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        sigset_t pending;
+        static const struct timespec zero = {0, 0};
+        if (sigpending(&pending) == 0 && sigismember(&pending, signo))
+            sigtimedwait(&ours, NULL, &zero);
+    }
+
+    if (rc == 0)
+        return verify(fd, path, dev, ino); /* granted, even if a reason raced in */
+    if (err == EINTR)
+        return reason != 0 ? reason : TF_INTERRUPTED;
+    return -err;
+}

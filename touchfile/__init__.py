@@ -1,0 +1,24 @@
+"""touchfile: shared and exclusive lock files whose waits block in the kernel.
+
+    from touchfile import TouchFile
+
+    with TouchFile("/tmp/myjob.lock") as tf, tf.lock(timeout=5):
+        ...  # one process (and one thread) at a time
+"""
+
+from ._context import Context
+from ._errors import LockCancelled, LockError, LockTimeout
+from ._lock import EXCLUSIVE, SHARED, LockType, TouchFile
+from ._version import __version__
+
+__all__ = [
+    "EXCLUSIVE",
+    "SHARED",
+    "Context",
+    "LockCancelled",
+    "LockError",
+    "LockTimeout",
+    "LockType",
+    "TouchFile",
+    "__version__",
+]

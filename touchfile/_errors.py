@@ -1,0 +1,45 @@
+"""The exceptions users catch. All of them pickle, so they cross processes."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._lock import LockType
+
+
+class LockError(Exception):
+    """A lock could not be taken or given back: misuse, or a closed TouchFile."""
+
+    def __init__(self, message: str, path: str | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (str(self), self.path))
+
+
+class _WaitEnded(LockError):
+    _what = ""
+
+    def __init__(self, path: str, kind: LockType, waited: float) -> None:
+        self.kind = kind
+        self.waited = waited
+        super().__init__(
+            f"{self._what} after {waited:.3f} s waiting for a {kind.value} lock on {path}", path
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.kind, self.waited))
+
+
+class LockTimeout(_WaitEnded, TimeoutError):
+    """The deadline (a timeout, or a context's deadline) passed before the lock was free."""
+
+    _what = "timed out"
+
+
+class LockCancelled(_WaitEnded):
+    """The context of the wait was cancelled before the lock was free."""
+
+    _what = "cancelled"

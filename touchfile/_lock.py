@@ -1,0 +1,446 @@
+"""TouchFile: shared and exclusive flock() locks on a lock file.
+
+Each holding thread locks through its own open file description (flock()
+locks belong to those), so the kernel alone decides who holds the lock:
+threads of one process exclude each other exactly as processes do.
+Descriptors are kept open between acquisitions, in a small pool, and every
+acquisition checks that the path still names the descriptor's file.
+"""
+
+from __future__ import annotations
+
+import enum
+import fcntl
+import math
+import os
+import tempfile
+import threading
+import time
+import weakref
+from types import TracebackType
+from typing import Callable, TypeVar
+
+from . import _native
+from ._context import Context, check_timeout
+from ._errors import LockCancelled, LockError, LockTimeout
+from ._native import BUSY, CANCELLED, CLOSED, DEADLINE, INTERRUPTED, OK, STALE
+from ._wait import Wait, py_try_lock
+
+T = TypeVar("T")
+
+_get_ident = threading.get_ident
+_monotonic = time.monotonic
+
+
+class LockType(enum.Enum):
+    """The kind of a lock: many SHARED holders at once, or one EXCLUSIVE holder."""
+
+    SHARED = "shared"
+    EXCLUSIVE = "exclusive"
+
+
+SHARED = LockType.SHARED
+EXCLUSIVE = LockType.EXCLUSIVE
+
+
+def _op_of(kind: object) -> int:
+    """The flock() operation for a kind (a LockType, or "shared"/"exclusive")."""
+    if kind is EXCLUSIVE:
+        return fcntl.LOCK_EX
+    if kind is SHARED:
+        return fcntl.LOCK_SH
+    if isinstance(kind, str):
+        try:
+            return _op_of(LockType(kind))
+        except ValueError:
+            raise ValueError(f"kind must be 'shared' or 'exclusive', not {kind!r}") from None
+    raise TypeError(f"kind must be a LockType (SHARED or EXCLUSIVE), not {kind!r}")
+
+
+def _use_native() -> bool:
+    """TOUCHFILE_NATIVE: unset = native if built, "1" = native required, "0" = poll."""
+    setting = os.environ.get("TOUCHFILE_NATIVE", "")
+    if setting == "0":
+        return False
+    if setting == "1" and not _native.AVAILABLE:
+        raise RuntimeError("TOUCHFILE_NATIVE=1, but touchfile's native core is not built")
+    if setting not in ("", "1"):
+        raise ValueError(f"TOUCHFILE_NATIVE must be 0 or 1, not {setting!r}")
+    return _native.AVAILABLE
+
+
+class _Handle:
+    """One open file description of the lock file (what flock() locks belong to)."""
+
+    __slots__ = ("fd", "dev", "ino")
+
+    def __init__(self, path: str, mode: int) -> None:
+        self.fd = -1
+        self.open(path, mode)
+
+    def open(self, path: str, mode: int) -> None:
+        # O_CLOEXEC: a program exec'd while we hold the lock must not inherit
+        # it, so that the lock dies with its holder. Never O_TRUNC.
+        flags = os.O_CLOEXEC | os.O_NOCTTY
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | flags, mode)
+        except OSError as error:
+            # flock() needs no write access: a directory, a read-only file or
+            # file system, or someone else's 0644 lock file all lock read-only.
+            try:
+                fd = os.open(path, os.O_RDONLY | flags)
+            except OSError:
+                raise error from None
+        st = os.fstat(fd)
+        self.fd, self.dev, self.ino = fd, st.st_dev, st.st_ino
+
+    def reopen(self, path: str, mode: int) -> None:
+        self.close()
+        self.open(path, mode)
+
+    def unlock(self) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        # Never LOCK_UN here: after fork() the descriptor may be a copy of
+        # one the parent still locks with; closing a copy leaves that alone.
+        try:
+            self.close()
+        except OSError:
+            pass
+
+
+_instances: weakref.WeakSet[TouchFile] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for tf in list(_instances):
+        tf._forget_inherited()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class TouchFile:
+    """A lock file offering shared and exclusive locks with deadlines and cancellation.
+
+    ``TouchFile(path)`` opens (creating if missing, never truncating) the lock
+    file at path; ``TouchFile()`` makes a fresh temporary one that close()
+    removes. Locks are owned by the thread that takes them.
+    """
+
+    __slots__ = (
+        "path", "_bpath", "_mode", "_native", "_temporary", "_try",
+        "_mutex", "_closed", "_held", "_idle", "_waits", "__weakref__",
+    )  # fmt: skip
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, mode: int = 0o644) -> None:
+        if isinstance(mode, bool) or not isinstance(mode, int):
+            raise TypeError(f"mode must be an int such as 0o644, not {mode!r}")
+        self._native = _use_native()
+        self._temporary = path is None
+        if path is None:
+            fd, path = tempfile.mkstemp(prefix="touchfile-", suffix=".lock")
+            os.close(fd)
+        self.path: str = os.path.abspath(os.fspath(path))
+        self._bpath = os.fsencode(self.path)
+        self._mode = mode
+        self._try = _native.try_lock if self._native and _native.try_lock else py_try_lock
+        self._mutex = threading.Lock()  # guards _waits, and close() against itself
+        self._closed = False
+        self._held: dict[int, _Handle] = {}  # thread ident -> its locked handle
+        self._idle: list[_Handle] = [_Handle(self.path, mode)]  # opens (creates) now
+        self._waits: set[Wait] = set()
+        _instances.add(self)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"held by {len(self._held)} thread(s)"
+        return f"<TouchFile {self.path!r} {state}>"
+
+    @property
+    def native(self) -> bool:
+        """True when this object's waits block in the kernel and are ended by
+        the native interrupt; False when they poll (see the README)."""
+        return self._native and _native.handler_ready()
+
+    # ---- acquire / release -------------------------------------------------
+
+    def acquire(
+        self,
+        kind: LockType | str = EXCLUSIVE,
+        timeout: float | None = None,
+        ctx: Context | None = None,
+    ) -> None:
+        """Take the lock, waiting until ``timeout`` seconds pass or ``ctx`` ends.
+
+        timeout=None (or math.inf) waits for ever; timeout=0 tries once.
+        Raises LockTimeout, LockCancelled, or LockError (held already by
+        this thread, or closed).
+        """
+        op = _op_of(kind)
+        if timeout is None and ctx is None:
+            deadline = math.inf
+        else:
+            deadline = self._deadline(kind, timeout, ctx)
+        me = _get_ident()
+        if self._closed or me in self._held:
+            raise self._misuse(me)
+        try:
+            handle: _Handle | None = self._idle.pop()
+        except IndexError:
+            handle = None
+        try:
+            if handle is None:
+                handle = _Handle(self.path, self._mode)
+            rc = self._try(handle.fd, op, self._bpath, handle.dev, handle.ino)
+            if rc != OK:
+                self._wait(handle, op, kind, deadline, ctx, rc)
+        except BaseException:
+            if handle is not None:
+                self._put_back(handle)
+            raise
+        # The hot path takes no mutex: each step is one atomic dict or list
+        # operation, and close() sets _closed before it empties _held, so
+        # either close() sees this entry or we see _closed (and whoever pops
+        # the entry first unlocks it).
+        self._held[me] = handle
+        if self._closed:
+            if self._held.pop(me, None) is handle:
+                handle.unlock()
+                handle.close()
+            raise LockError(f"{self.path} was closed while the lock was being taken", self.path)
+
+    def release(self) -> None:
+        """Give back the lock this thread holds; LockError if it holds none."""
+        handle = self._held.pop(_get_ident(), None)
+        if handle is None:
+            why = " (close() released it)" if self._closed else ""
+            raise LockError(f"this thread holds no lock on {self.path}{why}", self.path)
+        fcntl.flock(handle.fd, fcntl.LOCK_UN)
+        self._put_back(handle)
+
+    def locked(self) -> bool:
+        """True when the calling thread holds a lock through this object."""
+        return _get_ident() in self._held
+
+    def _deadline(self, kind: object, timeout: object, ctx: Context | None) -> float:
+        deadline = math.inf
+        seconds = check_timeout(timeout)
+        if seconds != math.inf:
+            deadline = _monotonic() + seconds
+        if ctx is not None:
+            if not isinstance(ctx, Context):
+                raise TypeError(f"ctx must be a Context or None, not {ctx!r}")
+            # A context that is done fails at once, even when the lock is free.
+            if ctx.cancelled:
+                raise LockCancelled(self.path, _kind(kind), 0.0)
+            if ctx.deadline <= _monotonic():
+                raise LockTimeout(self.path, _kind(kind), 0.0)
+            deadline = min(deadline, ctx.deadline)
+        return deadline
+
+    def _wait(
+        self, handle: _Handle, op: int, kind: object, deadline: float, ctx: Context | None, rc: int
+    ) -> None:
+        """Go on from a failed try (rc) until handle holds the lock, or raise."""
+        start = _monotonic()
+        wait: Wait | None = None
+        try:
+            while rc != OK:
+                if rc == STALE:  # the path names another file now: lock that one
+                    handle.reopen(self.path, self._mode)
+                    rc = self._try(handle.fd, op, self._bpath, handle.dev, handle.ino)
+                    continue
+                if rc in (BUSY, INTERRUPTED):
+                    if wait is None:
+                        if deadline <= _monotonic():
+                            rc = DEADLINE
+                            continue
+                        wait = self._start_wait(deadline, ctx)
+                    # On INTERRUPTED (a signal not ours), the loop's next
+                    # bytecode runs Python's handler; if it raised nothing,
+                    # the wait goes on.
+                    rc = wait.run(handle.fd, op, self._bpath, handle.dev, handle.ino)
+                    continue
+                waited = _monotonic() - start
+                if rc == DEADLINE:
+                    raise LockTimeout(self.path, _kind(kind), waited)
+                if rc == CANCELLED:
+                    raise LockCancelled(self.path, _kind(kind), waited)
+                if rc == CLOSED:
+                    raise LockError(f"{self.path} was closed while waiting for its lock", self.path)
+                raise OSError(-rc, os.strerror(-rc), self.path)
+        finally:
+            if wait is not None:
+                self._end_wait(wait, ctx)
+
+    def _start_wait(self, deadline: float, ctx: Context | None) -> Wait:
+        wait = Wait(deadline, self._native)
+        with self._mutex:
+            if self._closed:
+                wait.cancel(CLOSED)
+            self._waits.add(wait)
+        if ctx is not None and not ctx._attach(wait):
+            wait.cancel(CANCELLED)
+        return wait
+
+    def _end_wait(self, wait: Wait, ctx: Context | None) -> None:
+        if ctx is not None:
+            ctx._detach(wait)
+        with self._mutex:
+            self._waits.discard(wait)
+
+    def _put_back(self, handle: _Handle) -> None:
+        """An unlocked handle returns to the pool (closed instead, once we are)."""
+        if handle.fd >= 0:
+            self._idle.append(handle)
+        if self._closed:  # close() may have drained the pool before our append
+            self._close_idle()
+
+    def _close_idle(self) -> None:
+        while True:
+            try:
+                self._idle.pop().close()
+            except IndexError:
+                return
+
+    def _misuse(self, me: int) -> LockError:
+        if self._closed:
+            return LockError(f"{self.path} is closed", self.path)
+        return LockError(
+            f"this thread already holds a lock on {self.path}; release it first "
+            "(flock() cannot convert a lock atomically)",
+            self.path,
+        )
+
+    # ---- conveniences ------------------------------------------------------
+
+    def lock(
+        self,
+        kind: LockType | str = EXCLUSIVE,
+        timeout: float | None = None,
+        ctx: Context | None = None,
+    ) -> _Guard:
+        """``with tf.lock(SHARED, timeout=5): ...`` holds the lock inside the block."""
+        _op_of(kind)
+        return _Guard(self, kind, timeout, ctx)
+
+    def shared_lock(self, timeout: float | None = None, ctx: Context | None = None) -> _Guard:
+        """``with tf.shared_lock(timeout=5): ...``"""
+        return _Guard(self, SHARED, timeout, ctx)
+
+    def exclusive_lock(self, timeout: float | None = None, ctx: Context | None = None) -> _Guard:
+        """``with tf.exclusive_lock(timeout=5): ...``"""
+        return _Guard(self, EXCLUSIVE, timeout, ctx)
+
+    def with_lock(
+        self,
+        fn: Callable[[], T],
+        kind: LockType | str = EXCLUSIVE,
+        timeout: float | None = None,
+        ctx: Context | None = None,
+    ) -> T:
+        """Run fn() holding the lock and return its result; always releases.
+
+        fn never runs without the lock: if the lock cannot be taken, the
+        error is raised and fn is not called.
+        """
+        if not callable(fn):
+            raise TypeError(f"fn must be callable, not {fn!r}")
+        self.acquire(kind, timeout, ctx)
+        try:
+            return fn()
+        finally:
+            self.release()
+
+    # ---- closing -----------------------------------------------------------
+
+    def close(self) -> None:
+        """Release every lock held through this object and close its descriptors.
+
+        Waits on this object in other threads end at once with LockError; a
+        thread whose lock close() released gets LockError from release().
+        A temporary lock file (``TouchFile()``) is removed. Safe to call twice.
+        """
+        with self._mutex:
+            if self._closed:
+                return
+            self._closed = True
+            waits = list(self._waits)
+        for wait in waits:
+            wait.cancel(CLOSED)
+        while True:
+            try:
+                _, handle = self._held.popitem()
+            except KeyError:
+                break
+            handle.unlock()
+            handle.close()
+        self._close_idle()
+        if self._temporary:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> TouchFile:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _forget_inherited(self) -> None:
+        """In a forked child: the parent's locks are not ours; drop every copy.
+
+        Closing a copied descriptor never releases the parent's lock (that
+        needs LOCK_UN, or the last copy to close), so the child can neither
+        release nor break what the parent holds.
+        """
+        self._mutex = threading.Lock()  # may have been held by another thread
+        handles = [*self._held.values(), *self._idle]
+        self._held = {}
+        self._idle = []
+        self._waits = set()
+        for handle in handles:
+            handle.close()
+
+
+def _kind(kind: object) -> LockType:
+    return kind if isinstance(kind, LockType) else LockType(kind)
+
+
+class _Guard:
+    """What tf.lock() returns: acquires on enter, releases on exit."""
+
+    __slots__ = ("_tf", "_kind", "_timeout", "_ctx")
+
+    def __init__(
+        self, tf: TouchFile, kind: LockType | str, timeout: float | None, ctx: Context | None
+    ) -> None:
+        self._tf, self._kind, self._timeout, self._ctx = tf, kind, timeout, ctx
+
+    def __enter__(self) -> TouchFile:
+        self._tf.acquire(self._kind, self._timeout, self._ctx)
+        return self._tf
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._tf.release()
