@@ -60,6 +60,7 @@ static unsigned long epoch;             /* bumped in a forked child */
 static int signo = SIGURG;
 static tf_waiter **heap;
 static size_t heap_len, heap_cap;
+static size_t waiting;                  /* waiters inside tf_wait(); the heap has room for all */
 
 const char *tf_version(void) { return TF_VERSION; }
 
@@ -160,22 +161,30 @@ static void sift_down(size_t i)
     heap_set(i, w);
 }
 
-static int heap_push(tf_waiter *w)
+/* Room for every waiter in tf_wait(), reserved on entry, so that queueing a
+ * deadline or a re-send can never fail (a lost re-send could hang a wait). */
+static int heap_reserve(size_t n)
 {
-    if (heap_len == heap_cap) {
-        size_t cap = heap_cap ? heap_cap * 2 : 64;
-        tf_waiter **grown = realloc(heap, cap * sizeof *grown);
-        if (grown == NULL)
-            return -ENOMEM;
-        heap = grown;
-        heap_cap = cap;
-    }
+    if (n <= heap_cap)
+        return 0;
+    size_t cap = heap_cap ? heap_cap : 64;
+    while (cap < n)
+        cap *= 2;
+    tf_waiter **grown = realloc(heap, cap * sizeof *grown);
+    if (grown == NULL)
+        return -ENOMEM;
+    heap = grown;
+    heap_cap = cap;
+    return 0;
+}
+
+static void heap_push(tf_waiter *w)
+{
     heap_set(heap_len++, w);
     sift_up(w->slot);
     /* A new earliest event: the scheduler may be sleeping until a later one. */
     if (heap[0] == w)
         pthread_cond_signal(&wake);
-    return 0;
 }
 
 static void heap_remove(tf_waiter *w)
@@ -206,8 +215,7 @@ static void interrupt(tf_waiter *w, int64_t now)
     if (w->slot != NOT_QUEUED)
         heap_remove(w);
     w->due = now + (RESEND_FIRST_NS << shift);
-    /* On ENOMEM the re-send is lost; the first signal almost always lands. */
-    (void)heap_push(w);
+    heap_push(w);
 }
 
 static void *scheduler_main(void *arg)
@@ -273,13 +281,15 @@ static void after_fork_child(void)
     for (size_t i = 0; i < heap_len; i++)
         heap[i]->slot = NOT_QUEUED;
     heap_len = 0;
+    waiting = 0;
     scheduler_running = 0;
     epoch++;
     pthread_mutex_unlock(&mu);
 }
 
-static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
-static void register_fork_handlers(void)
+/* At load time, before any entry point can take mu: a fork while mu is held
+ * without these handlers would leave the child's mu locked for ever. */
+__attribute__((constructor)) static void register_fork_handlers(void)
 {
     pthread_atfork(before_fork, after_fork_parent, after_fork_child);
 }
@@ -312,7 +322,6 @@ int tf_try(int fd, int op, const char *path, unsigned long long dev, unsigned lo
 
 tf_waiter *tf_waiter_new(double timeout)
 {
-    pthread_once(&fork_once, register_fork_handlers);
     tf_waiter *w = calloc(1, sizeof *w);
     if (w == NULL)
         return NULL;
@@ -347,16 +356,12 @@ int tf_wait(tf_waiter *w, int fd, int op, const char *path, unsigned long long d
     sigset_t ours, old;
     int rc, err, reason;
 
-    /* The caller may have inherited a mask that blocks the signal (rpm hit
-     * this with flock -w): unblock it for the wait, restore it afterwards. */
-    sigemptyset(&ours);
-    sigaddset(&ours, signo);
-    pthread_sigmask(SIG_UNBLOCK, &ours, &old);
-
     pthread_mutex_lock(&mu);
     rc = ensure_handler();
     if (rc == TF_OK)
         rc = ensure_scheduler();
+    if (rc == TF_OK)
+        rc = heap_reserve(waiting + 1);
     if (rc == TF_OK && w->reason == 0 && w->deadline <= now_ns())
         w->reason = TF_DEADLINE;
     if (rc == TF_OK && w->reason != 0)
@@ -366,18 +371,23 @@ int tf_wait(tf_waiter *w, int fd, int op, const char *path, unsigned long long d
         w->epoch = epoch;
         w->resends = 0;
         w->state = WAITING;
+        waiting++;
         if (w->deadline != INT64_MAX) {
             w->due = w->deadline;
-            rc = heap_push(w);
-            if (rc != 0)
-                w->state = IDLE;
+            heap_push(w);
         }
     }
     pthread_mutex_unlock(&mu);
-    if (rc != TF_OK) {
-        pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rc != TF_OK)
         return rc;
-    }
+
+    /* The caller may have inherited a mask that blocks the signal (rpm hit
+     * this with flock -w): unblock it for the wait, restore it afterwards.
+     * Only now that the handler is known to be ours: unblocking a pending
+     * signal with no handler would run its default action. */
+    sigemptyset(&ours);
+    sigaddset(&ours, signo);
+    pthread_sigmask(SIG_UNBLOCK, &ours, &old);
 
     /* The wait. A signal that arrives before flock() starts is lost; the
      * scheduler's re-send covers that. EINTR is not retried here: the caller
@@ -388,6 +398,7 @@ int tf_wait(tf_waiter *w, int fd, int op, const char *path, unsigned long long d
 
     pthread_mutex_lock(&mu);
     w->state = IDLE; /* the acknowledgement: no signal is sent to us after this */
+    waiting--;
     if (w->slot != NOT_QUEUED)
         heap_remove(w);
     reason = w->reason;
@@ -399,8 +410,10 @@ int tf_wait(tf_waiter *w, int fd, int op, const char *path, unsigned long long d
         pthread_sigmask(SIG_SETMASK, &old, NULL);
         sigset_t pending;
         static const struct timespec zero = {0, 0};
-        if (sigpending(&pending) == 0 && sigismember(&pending, signo))
-            sigtimedwait(&ours, NULL, &zero);
+        /* A loop: real-time signals queue more than one instance. */
+        while (sigpending(&pending) == 0 && sigismember(&pending, signo) &&
+               sigtimedwait(&ours, NULL, &zero) == signo)
+            ;
     }
 
     if (rc == 0)

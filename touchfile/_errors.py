@@ -26,7 +26,7 @@ class _WaitEnded(LockError):
         self.kind = kind
         self.waited = waited
         super().__init__(
-            f"{self._what} after {waited:.3f} s waiting for a {kind.value} lock on {path}", path
+            f"{self._what} after {waited:.3f} s waiting for {kind.value} lock on {path}", path
         )
 
     def __reduce__(self) -> tuple[Any, ...]:

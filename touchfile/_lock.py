@@ -72,7 +72,7 @@ def _use_native() -> bool:
 class _Handle:
     """One open file description of the lock file (what flock() locks belong to)."""
 
-    __slots__ = ("fd", "dev", "ino")
+    __slots__ = ("fd", "dev", "ino", "__weakref__")
 
     def __init__(self, path: str, mode: int) -> None:
         self.fd = -1
@@ -136,7 +136,7 @@ class TouchFile:
 
     __slots__ = (
         "path", "_bpath", "_mode", "_native", "_temporary", "_try",
-        "_mutex", "_closed", "_held", "_idle", "_waits", "__weakref__",
+        "_mutex", "_closed", "_held", "_idle", "_waits", "_handles", "__weakref__",
     )  # fmt: skip
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, mode: int = 0o644) -> None:
@@ -154,8 +154,9 @@ class TouchFile:
         self._mutex = threading.Lock()  # guards _waits, and close() against itself
         self._closed = False
         self._held: dict[int, _Handle] = {}  # thread ident -> its locked handle
-        self._idle: list[_Handle] = [_Handle(self.path, mode)]  # opens (creates) now
         self._waits: set[Wait] = set()
+        self._handles: weakref.WeakSet[_Handle] = weakref.WeakSet()  # all, for fork
+        self._idle: list[_Handle] = [self._new_handle()]  # opens (creates) the file now
         _instances.add(self)
 
     def __repr__(self) -> str:
@@ -196,12 +197,16 @@ class TouchFile:
             handle = None
         try:
             if handle is None:
-                handle = _Handle(self.path, self._mode)
+                handle = self._new_handle()
             rc = self._try(handle.fd, op, self._bpath, handle.dev, handle.ino)
             if rc != OK:
                 self._wait(handle, op, kind, deadline, ctx, rc)
         except BaseException:
             if handle is not None:
+                # An exception (KeyboardInterrupt, say) may land after the
+                # kernel granted the lock: never pool a locked handle.
+                if handle.fd >= 0:
+                    handle.unlock()
                 self._put_back(handle)
             raise
         # The hot path takes no mutex: each step is one atomic dict or list
@@ -253,8 +258,15 @@ class TouchFile:
         try:
             while rc != OK:
                 if rc == STALE:  # the path names another file now: lock that one
-                    handle.reopen(self.path, self._mode)
-                    rc = self._try(handle.fd, op, self._bpath, handle.dev, handle.ino)
+                    if self._closed:
+                        rc = CLOSED  # and never recreate a closed temporary file
+                    elif wait is not None and wait.reason:
+                        rc = wait.reason
+                    elif deadline <= _monotonic():
+                        rc = DEADLINE
+                    else:
+                        handle.reopen(self.path, self._mode)
+                        rc = self._try(handle.fd, op, self._bpath, handle.dev, handle.ino)
                     continue
                 if rc in (BUSY, INTERRUPTED):
                     if wait is None:
@@ -294,6 +306,11 @@ class TouchFile:
             ctx._detach(wait)
         with self._mutex:
             self._waits.discard(wait)
+
+    def _new_handle(self) -> _Handle:
+        handle = _Handle(self.path, self._mode)
+        self._handles.add(handle)
+        return handle
 
     def _put_back(self, handle: _Handle) -> None:
         """An unlocked handle returns to the pool (closed instead, once we are)."""
@@ -411,11 +428,12 @@ class TouchFile:
         release nor break what the parent holds.
         """
         self._mutex = threading.Lock()  # may have been held by another thread
-        handles = [*self._held.values(), *self._idle]
         self._held = {}
         self._idle = []
         self._waits = set()
-        for handle in handles:
+        # Every handle, including those that threads of the parent were
+        # using: a copy left open here would keep the parent's lock alive.
+        for handle in list(self._handles):
             handle.close()
 
 

@@ -1,0 +1,48 @@
+"""Fixtures: both wait modes, and holders that are always reaped."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from helpers import Holder
+
+import touchfile._native
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not touchfile._native.AVAILABLE:
+        pytest.exit(
+            f"touchfile's native core is not built (imported from {touchfile.__file__}): "
+            "install the package (pip install .) and run plain `pytest` from the project root",
+            returncode=4,
+        )
+
+
+@pytest.fixture
+def holders() -> Iterator[list[Holder]]:
+    """Start holders with ``holders.append(Holder(...))``; all are reaped at the end."""
+    started: list[Holder] = []
+    yield started
+    for holder in started:
+        holder.stop()
+
+
+@pytest.fixture(params=["native", "poll"], autouse=True)
+def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs against the native wait and the polling fallback.
+
+    TOUCHFILE_NATIVE is read when a TouchFile is made, and inherited by
+    child processes; "1" fails loudly if the native core is not built.
+    """
+    param = str(request.param)
+    monkeypatch.setenv("TOUCHFILE_NATIVE", "1" if param == "native" else "0")
+    return param
+
+
+@pytest.fixture
+def lock_path(tmp_path: Path) -> str:
+    return str(tmp_path / "test.lock")
+
+

@@ -1,0 +1,129 @@
+"""Helpers for the tests: lock holders in other processes, a kernel probe."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+# Children run in "/" so that they import the installed touchfile, never the
+# source tree. A holder in another process: takes the lock with the named tool, says
+# "locked", releases when a line arrives on stdin (printing the
+# time.monotonic() of the release), then exits at the next line.
+_HOLDERS = {
+    "fcntl": r"""
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
+fcntl.flock(fd, fcntl.LOCK_EX if sys.argv[2] == "exclusive" else fcntl.LOCK_SH)
+print("locked", flush=True)
+sys.stdin.readline()
+t = time.monotonic()
+fcntl.flock(fd, fcntl.LOCK_UN)
+print(t, flush=True)
+sys.stdin.readline()
+""",
+    "touchfile": r"""
+import sys, time
+from touchfile import TouchFile
+tf = TouchFile(sys.argv[1])
+tf.acquire(sys.argv[2])
+print("locked", flush=True)
+sys.stdin.readline()
+t = time.monotonic()
+tf.release()
+print(t, flush=True)
+sys.stdin.readline()
+""",
+    "filelock": r"""
+import sys, time
+from filelock import FileLock
+lock = FileLock(sys.argv[1])
+lock.acquire()
+print("locked", flush=True)
+sys.stdin.readline()
+t = time.monotonic()
+lock.release()
+print(t, flush=True)
+sys.stdin.readline()
+""",
+}
+
+
+class Holder:
+    """A process holding a lock on path until release() (always reaped by stop())."""
+
+    def __init__(self, path: str | Path, kind: str = "exclusive", tool: str = "fcntl") -> None:
+        if tool == "flock":  # util-linux flock(1)
+            flag = "-x" if kind == "exclusive" else "-s"
+            argv = ["flock", flag, str(path), "sh", "-c", "echo locked; read x"]
+        else:
+            argv = [sys.executable, "-c", _HOLDERS[tool], str(path), kind]
+        self.tool = tool
+        self.proc = subprocess.Popen(
+            argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, cwd="/"
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if line.strip() != "locked":
+            self.stop()
+            raise RuntimeError(f"holder {tool} failed to lock {path}: {line!r}")
+
+    def release(self) -> float:
+        """Release now; returns the holder's time.monotonic() at release."""
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write("\n")
+        if self.tool == "flock":  # flock(1) releases when its command exits
+            self.proc.wait(timeout=10)
+            return time.monotonic()
+        return float(self.proc.stdout.readline())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
+
+
+def hold(holders: list[Holder], path: str | Path, kind: str = "exclusive", tool: str = "fcntl") -> Holder:
+    holder = Holder(path, kind, tool)
+    holders.append(holder)
+    return holder
+
+
+def probe(path: str | Path, kind: str = "exclusive") -> bool:
+    """Could a newcomer take this lock right now? Asks the kernel through a
+    fresh open file description (which conflicts with every other one, even
+    in this process)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if kind == "exclusive" else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def wait_until(condition: object, timeout: float = 5.0) -> None:
+    """Poll a callable until it is true (test set-up only, never a measurement)."""
+    assert callable(condition)
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.001)
+
+
+def run_python(code: str, *args: str, timeout: float = 30, env: dict[str, str] | None = None,
+               ) -> subprocess.CompletedProcess[str]:
+    """Run code in a fresh interpreter (always reaped: run() waits or kills)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout,
+        env=full_env, cwd="/",  # not the source tree: children import the installed package
+    )

@@ -1,0 +1,353 @@
+"""The public surface: names, arguments, errors, files."""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+from helpers import probe
+
+import touchfile
+from touchfile import (
+    EXCLUSIVE,
+    SHARED,
+    Context,
+    LockCancelled,
+    LockError,
+    LockTimeout,
+    LockType,
+    TouchFile,
+)
+
+
+def test_public_names() -> None:
+    """The names the API promises are exported, and nothing else by accident."""
+    assert set(touchfile.__all__) == {
+        "EXCLUSIVE", "SHARED", "Context", "LockCancelled", "LockError", "LockTimeout",
+        "LockType", "TouchFile", "__version__",
+    }  # fmt: skip
+    assert [m.name for m in LockType] == ["SHARED", "EXCLUSIVE"]
+    assert SHARED is LockType.SHARED and EXCLUSIVE is LockType.EXCLUSIVE
+    assert issubclass(LockTimeout, LockError) and issubclass(LockTimeout, TimeoutError)
+    assert issubclass(LockCancelled, LockError) and not issubclass(LockCancelled, TimeoutError)
+
+
+def test_native_core_is_built(mode: str) -> None:
+    """The installed package carries the native core (so CI tests the native path)."""
+    with TouchFile() as tf:
+        assert tf.native is (mode == "native")
+
+
+def test_path_is_absolute_and_file_created(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative path is made absolute; the file is created 0o644 (umask 022)."""
+    monkeypatch.chdir(tmp_path)
+    old = os.umask(0o022)
+    try:
+        tf = TouchFile("rel.lock")
+    finally:
+        os.umask(old)
+    assert tf.path == str(tmp_path / "rel.lock")
+    assert stat.S_IMODE(os.stat(tf.path).st_mode) == 0o644
+    tf.close()
+
+
+def test_mode_is_applied(lock_path: str) -> None:
+    """mode= sets the permissions of a created lock file (filtered by the umask)."""
+    old = os.umask(0)
+    try:
+        TouchFile(lock_path, mode=0o600).close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(lock_path).st_mode) == 0o600
+
+
+def test_existing_file_never_truncated(lock_path: str) -> None:
+    """Opening, locking, releasing and closing leave an existing file's content alone."""
+    Path(lock_path).write_text("pid 42\n")
+    with TouchFile(lock_path) as tf, tf.lock():
+        pass
+    assert Path(lock_path).read_text() == "pid 42\n"
+
+
+def test_lock_file_kept_after_release_and_close(lock_path: str) -> None:
+    """Release and close never unlink the lock file (that would let two holders in)."""
+    tf = TouchFile(lock_path)
+    tf.acquire()
+    tf.release()
+    assert os.path.exists(lock_path)
+    tf.close()
+    assert os.path.exists(lock_path)
+
+
+def test_temporary_lock_file_removed_by_close() -> None:
+    """TouchFile() makes a fresh temporary lock file; close() removes it."""
+    tf = TouchFile()
+    assert os.path.isabs(tf.path) and os.path.exists(tf.path)
+    with tf.lock():
+        assert not probe(tf.path)
+    tf.close()
+    assert not os.path.exists(tf.path)
+
+
+def test_context_manager_closes(lock_path: str) -> None:
+    """`with TouchFile(...) as tf` closes it, releasing a lock still held."""
+    with TouchFile(lock_path) as tf:
+        tf.acquire()
+        assert not probe(lock_path)
+    assert tf.closed
+    assert probe(lock_path)
+
+
+def test_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
+    """A lock file in a directory that does not exist: FileNotFoundError naming it."""
+    with pytest.raises(FileNotFoundError, match="nodir"):
+        TouchFile(tmp_path / "nodir" / "x.lock")
+
+
+def test_directory_can_be_locked(tmp_path: Path) -> None:
+    """A directory is a valid lock file, as flock(1) allows."""
+    with TouchFile(tmp_path) as tf, tf.lock():
+        assert not probe(str(tmp_path))
+
+
+def test_read_only_file_can_be_locked(lock_path: str) -> None:
+    """flock() needs no write access: a read-only lock file still locks."""
+    Path(lock_path).touch()
+    os.chmod(lock_path, 0o444)
+    with TouchFile(lock_path) as tf, tf.lock():
+        assert not probe(lock_path)
+
+
+@pytest.mark.parametrize("bad", [-1, -0.001, math.nan, -math.inf])
+def test_bad_timeout_values(lock_path: str, bad: float) -> None:
+    """Negative or NaN timeouts are ValueError."""
+    with TouchFile(lock_path) as tf, pytest.raises(ValueError, match="timeout"):
+        tf.acquire(timeout=bad)
+    assert probe(lock_path)
+
+
+@pytest.mark.parametrize("bad", [True, "1", [1], object()])
+def test_bad_timeout_types(lock_path: str, bad: object) -> None:
+    """bool and non-number timeouts are TypeError."""
+    with TouchFile(lock_path) as tf, pytest.raises(TypeError, match="timeout"):
+        tf.acquire(timeout=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("bad", ["SHARED", "read", ""])
+def test_bad_kind_values(lock_path: str, bad: str) -> None:
+    """Unknown kind names are ValueError."""
+    with TouchFile(lock_path) as tf, pytest.raises(ValueError, match="kind"):
+        tf.acquire(bad)
+
+
+@pytest.mark.parametrize("bad", [1, None, True, [], 2.0])
+def test_bad_kind_types(lock_path: str, bad: object) -> None:
+    """A kind that is not a LockType (or its name) is TypeError, even in lock()."""
+    with TouchFile(lock_path) as tf:
+        with pytest.raises(TypeError, match="kind"):
+            tf.acquire(bad)  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="kind"):
+            tf.lock(bad)  # type: ignore[arg-type]
+
+
+def test_kind_by_name(lock_path: str) -> None:
+    """The strings "shared" and "exclusive" name the kinds."""
+    with TouchFile(lock_path) as tf:
+        with tf.lock("shared"):
+            assert probe(lock_path, "shared") and not probe(lock_path, "exclusive")
+        with tf.lock("exclusive"):
+            assert not probe(lock_path, "shared")
+
+
+@pytest.mark.parametrize("bad", ["x", 1, object()])
+def test_bad_ctx(lock_path: str, bad: object) -> None:
+    """ctx must be a Context."""
+    with TouchFile(lock_path) as tf, pytest.raises(TypeError, match="ctx"):
+        tf.acquire(ctx=bad)  # type: ignore[arg-type]
+
+
+def test_bad_mode_and_path(lock_path: str) -> None:
+    """mode must be an int; path must be a path."""
+    with pytest.raises(TypeError, match="mode"):
+        TouchFile(lock_path, mode="644")  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        TouchFile(42)  # type: ignore[arg-type]
+
+
+def test_bad_native_setting(lock_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """TOUCHFILE_NATIVE accepts 0 and 1 only."""
+    monkeypatch.setenv("TOUCHFILE_NATIVE", "yes")
+    with pytest.raises(ValueError, match="TOUCHFILE_NATIVE"):
+        TouchFile(lock_path)
+
+
+def test_infinite_timeout_means_none(lock_path: str) -> None:
+    """timeout=math.inf is the same as None (and a free lock is taken at once)."""
+    with TouchFile(lock_path) as tf, tf.lock(timeout=math.inf):
+        assert not probe(lock_path)
+
+
+def test_release_without_lock(lock_path: str) -> None:
+    """release() when this thread holds nothing: LockError."""
+    with TouchFile(lock_path) as tf:
+        with pytest.raises(LockError, match="holds no lock"):
+            tf.release()
+        tf.acquire()
+        tf.release()
+        with pytest.raises(LockError):
+            tf.release()
+
+
+@pytest.mark.parametrize("second", [SHARED, EXCLUSIVE])
+@pytest.mark.parametrize("first", [SHARED, EXCLUSIVE])
+def test_reacquire_same_thread(lock_path: str, first: LockType, second: LockType) -> None:
+    """The holder acquiring again gets LockError at once (no deadlock, no conversion)."""
+    with TouchFile(lock_path) as tf, tf.lock(first):
+        with pytest.raises(LockError, match="already holds"):
+            tf.acquire(second)
+        assert tf.locked()
+    assert not tf.locked()
+
+
+def test_lock_release_in_with(lock_path: str) -> None:
+    """The lock() guard holds inside the block only, and releases on an exception."""
+    with TouchFile(lock_path) as tf:
+        with tf.lock():
+            assert not probe(lock_path)
+        assert probe(lock_path)
+        with pytest.raises(RuntimeError), tf.exclusive_lock():
+            raise RuntimeError("boom")
+        assert probe(lock_path)
+        with tf.shared_lock(timeout=1) as same:
+            assert same is tf
+            assert probe(lock_path, "shared") and not probe(lock_path, "exclusive")
+
+
+def test_with_lock_runs_under_lock(lock_path: str) -> None:
+    """with_lock runs fn holding the lock and returns its result."""
+    with TouchFile(lock_path) as tf:
+        assert tf.with_lock(lambda: probe(lock_path, "shared"), SHARED, timeout=1) is True
+        assert tf.with_lock(lambda: probe(lock_path, "shared")) is False
+        assert probe(lock_path)
+
+
+def test_with_lock_releases_on_error(lock_path: str) -> None:
+    """with_lock releases when fn raises, and the error propagates."""
+
+    def boom() -> None:
+        raise KeyError("x")
+
+    with TouchFile(lock_path) as tf:
+        with pytest.raises(KeyError):
+            tf.with_lock(boom)
+        assert probe(lock_path) and not tf.locked()
+
+
+def test_with_lock_never_runs_fn_without_lock(lock_path: str, holders: list) -> None:  # type: ignore[type-arg]
+    """If the lock is not had, fn is not called."""
+    from helpers import hold
+
+    hold(holders, lock_path)
+    called = []
+    with TouchFile(lock_path) as tf, pytest.raises(LockTimeout):
+        tf.with_lock(lambda: called.append(1), timeout=0.05)
+    assert called == []
+    with TouchFile(lock_path) as tf, pytest.raises(TypeError, match="callable"):
+        tf.with_lock(42)  # type: ignore[arg-type]
+
+
+def test_errors_pickle_and_name_the_wait() -> None:
+    """LockTimeout/LockCancelled/LockError survive pickling with path, kind and time."""
+    timeout = LockTimeout("/tmp/a.lock", EXCLUSIVE, 1.5)
+    assert str(timeout) == "timed out after 1.500 s waiting for exclusive lock on /tmp/a.lock"
+    for error in (timeout, LockCancelled("/x", SHARED, 0.25), LockError("nope", "/y")):
+        copy = pickle.loads(pickle.dumps(error))
+        assert type(copy) is type(error)
+        assert str(copy) == str(error)
+        assert copy.path == error.path
+    copy = pickle.loads(pickle.dumps(timeout))
+    assert copy.kind is EXCLUSIVE and copy.waited == 1.5
+    assert "shared lock on /x" in str(LockCancelled("/x", SHARED, 0.25))
+    assert "cancelled after 0.250 s" in str(LockCancelled("/x", SHARED, 0.25))
+
+
+def test_acquire_after_close(lock_path: str) -> None:
+    """A closed TouchFile refuses to lock; close() twice is fine."""
+    tf = TouchFile(lock_path)
+    tf.close()
+    tf.close()
+    with pytest.raises(LockError, match="closed"):
+        tf.acquire()
+    with pytest.raises(LockError, match="closed"):
+        tf.with_lock(lambda: None)
+
+
+def test_close_releases_other_threads_locks(lock_path: str) -> None:
+    """close() releases a lock another thread holds; that thread's release() says so."""
+    tf = TouchFile(lock_path)
+    taken, closed = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def holder() -> None:
+        tf.acquire()
+        taken.set()
+        closed.wait()
+        try:
+            tf.release()
+        except LockError as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    taken.wait()
+    tf.close()
+    assert probe(lock_path)
+    closed.set()
+    thread.join()
+    assert len(errors) == 1 and "close() released it" in str(errors[0])
+
+
+def test_context_constructors() -> None:
+    """Context deadlines: with_timeout, with_deadline, parents; bad input rejected."""
+    import time
+
+    assert Context.with_cancel().deadline == math.inf
+    before = time.monotonic()
+    ctx = Context.with_timeout(10)
+    assert before + 10 <= ctx.deadline <= time.monotonic() + 10
+    assert 9 < ctx.remaining() <= 10
+    assert Context.with_deadline(123.0).deadline == 123.0
+    child = Context.with_timeout(100, parent=ctx)
+    assert child.deadline == ctx.deadline  # the earliest wins
+    assert Context.with_timeout(1, parent=ctx).deadline < ctx.deadline
+    for bad in (-1, math.nan):
+        with pytest.raises(ValueError):
+            Context.with_timeout(bad)
+    with pytest.raises(ValueError):
+        Context.with_deadline(math.nan)
+    for bad_type in ("1", True, None):
+        with pytest.raises(TypeError):
+            Context.with_deadline(bad_type)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="parent"):
+        Context.with_cancel(parent="x")  # type: ignore[arg-type]
+    assert "remaining" in repr(ctx)
+
+
+def test_context_cancel_propagates_down_only() -> None:
+    """Cancelling a parent cancels children (even born later); not the reverse."""
+    root = Context.with_cancel()
+    child = Context.with_cancel(parent=root)
+    grandchild = Context.with_timeout(5, parent=child)
+    child.cancel()
+    child.cancel()  # twice is fine
+    assert child.cancelled and grandchild.cancelled and not root.cancelled
+    other = Context.with_cancel(parent=root)
+    root.cancel()
+    assert other.cancelled
+    assert Context.with_cancel(parent=root).cancelled
+    assert "cancelled" in repr(root)

@@ -1,0 +1,179 @@
+"""Locks across fork(), exec(), crashes and signals to the waiting process."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+from helpers import hold, probe, run_python
+
+_FORK = r"""
+import os, sys, warnings
+from touchfile import TouchFile, LockError, LockTimeout
+warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads, 3.12+
+tf = TouchFile(sys.argv[1])
+tf.acquire()
+pid = os.fork()
+if pid == 0:
+    out = []
+    try:
+        tf.release()
+    except LockError:
+        out.append("release-refused")
+    try:
+        tf.acquire(timeout=0)
+    except LockTimeout:
+        out.append("child-excluded")
+    with TouchFile(sys.argv[1]) as other:
+        try:
+            other.acquire(timeout=0.02)
+        except LockTimeout:
+            out.append("other-excluded")
+    tf.close()
+    print(" ".join(out), flush=True)
+    sys.exit(0)  # a normal exit, finalizers and all
+os.waitpid(pid, 0)
+import fcntl
+fd = os.open(sys.argv[1], os.O_RDONLY)
+try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    print("parent-lost-lock")
+except BlockingIOError:
+    print("parent-still-holds")
+tf.release()
+tf.acquire(timeout=0)
+print("parent-reacquired")
+"""
+
+
+def test_fork_child_cannot_break_parents_lock(lock_path: str) -> None:
+    """After fork() the child owns none of the parent's locks: its release,
+    close and normal exit leave the parent's hold intact."""
+    proc = run_python(_FORK, lock_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == [
+        "release-refused child-excluded other-excluded",
+        "parent-still-holds",
+        "parent-reacquired",
+    ]
+
+
+_EXEC = r"""
+import os, subprocess, sys
+from touchfile import TouchFile
+tf = TouchFile(sys.argv[1])
+tf.acquire()
+child = subprocess.Popen(["sleep", "60"], close_fds=False,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+print(child.pid, flush=True)
+os._exit(0)  # the holder dies without releasing; sleep lives on
+"""
+
+
+def test_exec_does_not_inherit_lock(lock_path: str) -> None:
+    """Descriptors are O_CLOEXEC: a program exec'd by the holder does not keep
+    the lock alive after the holder dies."""
+    proc = run_python(_EXEC, lock_path)
+    sleeper = int(proc.stdout)
+    try:
+        assert probe(lock_path)
+        targets = []
+        for fd in os.listdir(f"/proc/{sleeper}/fd"):
+            with contextlib.suppress(FileNotFoundError):  # closed meanwhile
+                targets.append(os.readlink(f"/proc/{sleeper}/fd/{fd}"))
+        assert targets and lock_path not in targets
+    finally:
+        os.kill(sleeper, signal.SIGKILL)
+
+
+def test_crashed_holder_frees_lock(lock_path: str, holders: list) -> None:  # type: ignore[type-arg]
+    """A holder killed with SIGKILL frees the lock for a waiter blocked on it."""
+    holder = hold(holders, lock_path, "exclusive", "touchfile")
+    from touchfile import TouchFile
+
+    with TouchFile(lock_path) as tf:
+        killer = subprocess.Popen(["sh", "-c", f"sleep 0.1; kill -9 {holder.proc.pid}"])
+        start = time.monotonic()
+        with tf.lock(timeout=10):
+            assert time.monotonic() - start < 5
+        killer.wait()
+
+
+_WAIT_MAIN = r"""
+import signal, sys, time
+from touchfile import TouchFile
+count = []
+signal.signal(signal.SIGUSR1, lambda *a: count.append(1))
+tf = TouchFile(sys.argv[1])
+print("waiting", flush=True)
+try:
+    tf.acquire()  # main thread, no deadline
+    print("acquired", len(count), tf.locked(), flush=True)
+    tf.release()
+except KeyboardInterrupt:
+    print("interrupted", time.monotonic(), tf.locked(), flush=True)
+sys.stdin.readline()
+"""
+
+
+@contextlib.contextmanager
+def waiting_process(lock_path: str) -> Iterator[subprocess.Popen[str]]:
+    """A process whose main thread waits for the lock with no deadline (always reaped)."""
+    with subprocess.Popen(
+        [sys.executable, "-c", _WAIT_MAIN, lock_path],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/",
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            assert proc.stdout.readline() == "waiting\n"
+            time.sleep(0.2)  # blocked in the wait by now
+            yield proc
+        finally:
+            proc.kill()
+
+
+def test_ctrl_c_ends_main_thread_wait(lock_path: str, holders: list) -> None:  # type: ignore[type-arg]
+    """SIGINT ends a main-thread wait with no deadline by KeyboardInterrupt within
+    100 ms, and leaves no lock held."""
+    holder = hold(holders, lock_path)
+    with waiting_process(lock_path) as proc:
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        assert proc.stdout is not None
+        word, when, held = proc.stdout.readline().split()
+        assert word == "interrupted" and held == "False"
+        assert float(when) - sent < 0.1
+        holder.release()
+        assert probe(lock_path)  # the interrupted waiter holds nothing
+
+
+def test_other_signal_resumes_wait(lock_path: str, holders: list) -> None:  # type: ignore[type-arg]
+    """A signal that is not ours runs its Python handler, and the wait goes on
+    to take the lock when it is released."""
+    holder = hold(holders, lock_path)
+    with waiting_process(lock_path) as proc:
+        for _ in range(3):
+            proc.send_signal(signal.SIGUSR1)
+            time.sleep(0.05)
+        assert proc.poll() is None
+        holder.release()
+        assert proc.stdout is not None
+        assert proc.stdout.readline().split() == ["acquired", "3", "True"]
+
+
+@pytest.mark.parametrize("kind", ["exclusive", "shared"])
+def test_lock_is_visible_to_other_processes(lock_path: str, kind: str) -> None:
+    """What a TouchFile holds is what another process sees (no in-process-only lock)."""
+    from touchfile import TouchFile
+
+    with TouchFile(lock_path) as tf, tf.lock(kind):
+        code = "import sys, fcntl, os\nfd = os.open(sys.argv[1], os.O_RDONLY)\ntry:\n" \
+            "    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB); print('free')\n" \
+            "except BlockingIOError: print('held')"
+        assert run_python(code, lock_path).stdout.strip() == ("held" if kind == "exclusive" else "free")
