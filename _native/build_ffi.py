@@ -14,9 +14,7 @@ from cffi import FFI
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
-VERSION = re.search(
-    r'__version__ = "([^"]+)"', (ROOT / "touchfile" / "_version.py").read_text()
-)
+VERSION = re.search(r'__version__ = "([^"]+)"', (ROOT / "touchfile" / "_version.py").read_text())
 assert VERSION is not None, "touchfile/_version.py has no __version__"
 
 ffi = FFI()

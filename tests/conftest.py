@@ -44,5 +44,3 @@ def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
 @pytest.fixture
 def lock_path(tmp_path: Path) -> str:
     return str(tmp_path / "test.lock")
-
-

@@ -89,7 +89,12 @@ class Holder:
                 stream.close()
 
 
-def hold(holders: list[Holder], path: str | Path, kind: str = "exclusive", tool: str = "fcntl") -> Holder:
+Holders = list[Holder]
+
+
+def hold(
+    holders: Holders, path: str | Path, kind: str = "exclusive", tool: str = "fcntl"
+) -> Holder:
     holder = Holder(path, kind, tool)
     holders.append(holder)
     return holder
@@ -119,11 +124,19 @@ def wait_until(condition: object, timeout: float = 5.0) -> None:
         time.sleep(0.001)
 
 
-def run_python(code: str, *args: str, timeout: float = 30, env: dict[str, str] | None = None,
-               ) -> subprocess.CompletedProcess[str]:
+def run_python(
+    code: str,
+    *args: str,
+    timeout: float = 30,
+    env: dict[str, str] | None = None,
+) -> subprocess.CompletedProcess[str]:
     """Run code in a fresh interpreter (always reaped: run() waits or kills)."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout,
-        env=full_env, cwd="/",  # not the source tree: children import the installed package
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+        cwd="/",  # not the source tree: children import the installed package
     )

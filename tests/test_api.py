@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import probe
+from helpers import Holders, probe
 
 import touchfile
 from touchfile import (
@@ -248,7 +248,7 @@ def test_with_lock_releases_on_error(lock_path: str) -> None:
         assert probe(lock_path) and not tf.locked()
 
 
-def test_with_lock_never_runs_fn_without_lock(lock_path: str, holders: list) -> None:  # type: ignore[type-arg]
+def test_with_lock_never_runs_fn_without_lock(lock_path: str, holders: Holders) -> None:
     """If the lock is not had, fn is not called."""
     from helpers import hold
 

@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from helpers import hold, probe, run_python
+from helpers import Holders, hold, probe, run_python
 
 from touchfile import EXCLUSIVE, SHARED, LockTimeout, LockType, TouchFile
 
@@ -17,7 +17,7 @@ TOOLS = ["fcntl", "flock", "filelock", "touchfile"]
 
 
 @pytest.mark.parametrize("tool", TOOLS)
-def test_foreign_exclusive_excludes_us(lock_path: str, holders: list, tool: str) -> None:  # type: ignore[type-arg]
+def test_foreign_exclusive_excludes_us(lock_path: str, holders: Holders, tool: str) -> None:
     """An exclusive lock taken by flock(1), filelock, raw fcntl.flock or another
     TouchFile process keeps us out, and we get in once it is released."""
     holder = hold(holders, lock_path, "exclusive", tool)
@@ -33,7 +33,7 @@ def test_foreign_exclusive_excludes_us(lock_path: str, holders: list, tool: str)
 
 
 @pytest.mark.parametrize("tool", ["fcntl", "flock", "touchfile"])
-def test_foreign_shared_overlaps_shared(lock_path: str, holders: list, tool: str) -> None:  # type: ignore[type-arg]
+def test_foreign_shared_overlaps_shared(lock_path: str, holders: Holders, tool: str) -> None:
     """A shared lock elsewhere admits our shared lock and keeps out our exclusive one."""
     hold(holders, lock_path, "shared", tool)
     with TouchFile(lock_path) as tf:

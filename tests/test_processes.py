@@ -11,7 +11,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from helpers import hold, probe, run_python
+from helpers import Holders, hold, probe, run_python
 
 _FORK = r"""
 import os, sys, warnings
@@ -92,7 +92,7 @@ def test_exec_does_not_inherit_lock(lock_path: str) -> None:
         os.kill(sleeper, signal.SIGKILL)
 
 
-def test_crashed_holder_frees_lock(lock_path: str, holders: list) -> None:  # type: ignore[type-arg]
+def test_crashed_holder_frees_lock(lock_path: str, holders: Holders) -> None:
     """A holder killed with SIGKILL frees the lock for a waiter blocked on it."""
     holder = hold(holders, lock_path, "exclusive", "touchfile")
     from touchfile import TouchFile
@@ -127,7 +127,10 @@ def waiting_process(lock_path: str) -> Iterator[subprocess.Popen[str]]:
     """A process whose main thread waits for the lock with no deadline (always reaped)."""
     with subprocess.Popen(
         [sys.executable, "-c", _WAIT_MAIN, lock_path],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/",
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd="/",
     ) as proc:
         try:
             assert proc.stdout is not None
@@ -138,7 +141,7 @@ def waiting_process(lock_path: str) -> Iterator[subprocess.Popen[str]]:
             proc.kill()
 
 
-def test_ctrl_c_ends_main_thread_wait(lock_path: str, holders: list) -> None:  # type: ignore[type-arg]
+def test_ctrl_c_ends_main_thread_wait(lock_path: str, holders: Holders) -> None:
     """SIGINT ends a main-thread wait with no deadline by KeyboardInterrupt within
     100 ms, and leaves no lock held."""
     holder = hold(holders, lock_path)
@@ -153,7 +156,7 @@ def test_ctrl_c_ends_main_thread_wait(lock_path: str, holders: list) -> None:  #
         assert probe(lock_path)  # the interrupted waiter holds nothing
 
 
-def test_other_signal_resumes_wait(lock_path: str, holders: list) -> None:  # type: ignore[type-arg]
+def test_other_signal_resumes_wait(lock_path: str, holders: Holders) -> None:
     """A signal that is not ours runs its Python handler, and the wait goes on
     to take the lock when it is released."""
     holder = hold(holders, lock_path)
@@ -173,7 +176,11 @@ def test_lock_is_visible_to_other_processes(lock_path: str, kind: str) -> None:
     from touchfile import TouchFile
 
     with TouchFile(lock_path) as tf, tf.lock(kind):
-        code = "import sys, fcntl, os\nfd = os.open(sys.argv[1], os.O_RDONLY)\ntry:\n" \
-            "    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB); print('free')\n" \
+        code = (
+            "import sys, fcntl, os\nfd = os.open(sys.argv[1], os.O_RDONLY)\ntry:\n"
+            "    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB); print('free')\n"
             "except BlockingIOError: print('held')"
-        assert run_python(code, lock_path).stdout.strip() == ("held" if kind == "exclusive" else "free")
+        )
+        assert run_python(code, lock_path).stdout.strip() == (
+            "held" if kind == "exclusive" else "free"
+        )

@@ -7,12 +7,12 @@ import threading
 import time
 
 import pytest
-from helpers import hold, run_python
+from helpers import Holders, hold, run_python
 
 from touchfile import Context, LockCancelled, LockTimeout, TouchFile
 
 
-def test_only_the_waiting_thread_is_signalled(lock_path: str, holders: list, mode: str) -> None:  # type: ignore[type-arg]
+def test_only_the_waiting_thread_is_signalled(lock_path: str, holders: Holders, mode: str) -> None:
     """Deadlines and cancels signal the waiting thread only: a bystander thread
     that blocks the signal never finds it pending (nothing process-wide)."""
     hold(holders, lock_path)
@@ -42,7 +42,7 @@ def test_only_the_waiting_thread_is_signalled(lock_path: str, holders: list, mod
     tf.close()
 
 
-def test_wait_works_with_signal_blocked(lock_path: str, holders: list) -> None:
+def test_wait_works_with_signal_blocked(lock_path: str, holders: Holders) -> None:
     """A thread that inherited a mask blocking the interrupt signal still has its
     wait ended at the deadline; its mask is restored and nothing is left pending."""
     hold(holders, lock_path)
@@ -113,8 +113,8 @@ print("warned", [str(w.message)[:80] for w in caught])
 
 @pytest.mark.parametrize("when", ["before", "after", "restart"])
 def test_foreign_handler_falls_back_to_polling(
-    lock_path: str, holders: list, when: str, mode: str  # type: ignore[type-arg]
-) -> None:  # type: ignore[type-arg]
+    lock_path: str, holders: Holders, when: str, mode: str
+) -> None:
     """A foreign handler on the interrupt signal (installed before or after
     touchfile's, or touchfile's own given SA_RESTART) is detected: a warning
     says so, and waits poll (still ending at their deadline) rather than hang."""
@@ -154,7 +154,7 @@ print("rt ours", handler_of(signal.SIGRTMIN + 4) is not None)
 """
 
 
-def test_interrupt_signal_can_be_chosen(lock_path: str, holders: list, mode: str) -> None:  # type: ignore[type-arg]
+def test_interrupt_signal_can_be_chosen(lock_path: str, holders: Holders, mode: str) -> None:
     """TOUCHFILE_SIGNAL picks another signal; SIGURG is then left alone."""
     if mode != "native":
         pytest.skip("concerns the native interrupt only")
@@ -162,7 +162,10 @@ def test_interrupt_signal_can_be_chosen(lock_path: str, holders: list, mode: str
     proc = run_python(_OTHER_SIGNAL, lock_path, env={"TOUCHFILE_SIGNAL": "SIGRTMIN+4"})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [
-        "timeout 0.1", "native True", "urg untouched True", "rt ours True"
+        "timeout 0.1",
+        "native True",
+        "urg untouched True",
+        "rt ours True",
     ]
 
 

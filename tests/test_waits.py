@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import hold, probe
+from helpers import Holders, hold, probe
 
 from touchfile import EXCLUSIVE, SHARED, Context, LockCancelled, LockError, LockTimeout, TouchFile
 
@@ -30,7 +30,7 @@ def in_thread(fn: object) -> tuple[threading.Thread, list[object]]:
     return thread, out
 
 
-def test_timeout_zero_is_one_try(lock_path: str, holders: list) -> None:  # type: ignore[type-arg]
+def test_timeout_zero_is_one_try(lock_path: str, holders: Holders) -> None:
     """timeout=0 takes a free lock, and fails at once on a held one."""
     with TouchFile(lock_path) as tf:
         with tf.lock(timeout=0):
@@ -44,7 +44,7 @@ def test_timeout_zero_is_one_try(lock_path: str, holders: list) -> None:  # type
 
 
 @pytest.mark.parametrize("timeout", [1e-9, 0.001, 0.05, 0.2])
-def test_timeout_in_worker_thread(lock_path: str, holders: list, timeout: float) -> None:  # type: ignore[type-arg]
+def test_timeout_in_worker_thread(lock_path: str, holders: Holders, timeout: float) -> None:
     """A worker thread's wait ends at its deadline (not before) with LockTimeout."""
     hold(holders, lock_path)
     tf = TouchFile(lock_path)
@@ -59,7 +59,7 @@ def test_timeout_in_worker_thread(lock_path: str, holders: list, timeout: float)
     tf.close()
 
 
-def test_timeout_message(lock_path: str, holders: list) -> None:  # type: ignore[type-arg]
+def test_timeout_message(lock_path: str, holders: Holders) -> None:
     """The error names the path, the kind and how long it waited."""
     hold(holders, lock_path)
     with TouchFile(lock_path) as tf, pytest.raises(LockTimeout) as caught:
@@ -69,7 +69,7 @@ def test_timeout_message(lock_path: str, holders: list) -> None:  # type: ignore
     assert caught.value.waited >= 0.05
 
 
-def test_handoff_blocks_in_kernel(lock_path: str, holders: list, mode: str) -> None:  # type: ignore[type-arg]
+def test_handoff_blocks_in_kernel(lock_path: str, holders: Holders, mode: str) -> None:
     """A waiter holds the lock soon after another process releases it (median
     under 20 ms: no 50 ms poll; native waits wake in the kernel)."""
     tf = TouchFile(lock_path)
@@ -94,7 +94,7 @@ def test_handoff_blocks_in_kernel(lock_path: str, holders: list, mode: str) -> N
     tf.close()
 
 
-def test_context_timeout(lock_path: str, holders: list) -> None:  # type: ignore[type-arg]
+def test_context_timeout(lock_path: str, holders: Holders) -> None:
     """A context's deadline ends the wait with LockTimeout."""
     hold(holders, lock_path)
     with TouchFile(lock_path) as tf:
@@ -105,7 +105,7 @@ def test_context_timeout(lock_path: str, holders: list) -> None:  # type: ignore
         assert 0.05 <= time.monotonic() - start < 1
 
 
-def test_earliest_of_timeout_and_context(lock_path: str, holders: list) -> None:  # type: ignore[type-arg]
+def test_earliest_of_timeout_and_context(lock_path: str, holders: Holders) -> None:
     """timeout= and ctx= together: whichever ends first ends the wait."""
     hold(holders, lock_path)
     with TouchFile(lock_path) as tf:
@@ -124,7 +124,7 @@ def test_earliest_of_timeout_and_context(lock_path: str, holders: list) -> None:
         assert time.monotonic() - start < 2
 
 
-def test_parent_deadline_reaches_child(lock_path: str, holders: list) -> None:  # type: ignore[type-arg]
+def test_parent_deadline_reaches_child(lock_path: str, holders: Holders) -> None:
     """A child context ends at its parent's earlier deadline."""
     hold(holders, lock_path)
     parent = Context.with_timeout(0.05)
@@ -153,7 +153,7 @@ def test_done_context_fails_at_once_even_when_free(lock_path: str) -> None:
 
 
 @pytest.mark.parametrize("level", ["self", "parent", "grandparent"])
-def test_cancel_from_another_thread(lock_path: str, holders: list, level: str) -> None:  # type: ignore[type-arg]
+def test_cancel_from_another_thread(lock_path: str, holders: Holders, level: str) -> None:
     """ctx.cancel() from any thread, on the context or an ancestor, ends the wait
     promptly with LockCancelled; the context is not reusable afterwards."""
     hold(holders, lock_path)
@@ -173,7 +173,7 @@ def test_cancel_from_another_thread(lock_path: str, holders: list, level: str) -
     tf.close()
 
 
-def test_one_cancel_ends_many_waits(lock_path: str, holders: list) -> None:  # type: ignore[type-arg]
+def test_one_cancel_ends_many_waits(lock_path: str, holders: Holders) -> None:
     """One context shared by many waiting threads: one cancel() ends them all."""
     hold(holders, lock_path)
     ctx = Context.with_cancel()
@@ -187,7 +187,7 @@ def test_one_cancel_ends_many_waits(lock_path: str, holders: list) -> None:  # t
     tf.close()
 
 
-def test_close_ends_waits_in_other_threads(lock_path: str, holders: list) -> None:  # type: ignore[type-arg]
+def test_close_ends_waits_in_other_threads(lock_path: str, holders: Holders) -> None:
     """close() while other threads wait on the same object: their waits end at
     once with LockError, and no descriptor is left behind."""
     hold(holders, lock_path)
@@ -206,7 +206,7 @@ def test_close_ends_waits_in_other_threads(lock_path: str, holders: list) -> Non
     assert len(os.listdir("/proc/self/fd")) == fds_before
 
 
-def test_lock_granted_to_waiter_after_cancelled_neighbour(lock_path: str, holders: list) -> None:  # type: ignore[type-arg]
+def test_lock_granted_to_waiter_after_cancelled_neighbour(lock_path: str, holders: Holders) -> None:
     """Cancelling one waiter leaves another waiter on the same lock unharmed."""
     holder = hold(holders, lock_path)
     tf = TouchFile(lock_path)
@@ -224,7 +224,7 @@ def test_lock_granted_to_waiter_after_cancelled_neighbour(lock_path: str, holder
     tf.close()
 
 
-def test_replaced_file_while_waiting(lock_path: str, holders: list) -> None:  # type: ignore[type-arg]
+def test_replaced_file_while_waiting(lock_path: str, holders: Holders) -> None:
     """The file at the path is replaced while we wait: the lock we end up with
     guards the path's current file, not the old one."""
     holder = hold(holders, lock_path)
@@ -275,7 +275,7 @@ def test_deleted_while_held(lock_path: str) -> None:
             assert not probe(lock_path)
 
 
-def test_many_short_waits_never_hang(lock_path: str, holders: list) -> None:
+def test_many_short_waits_never_hang(lock_path: str, holders: Holders) -> None:
     """Deadlines landing at every point around the entry into the wait (0..300 µs)
     always end it: the interrupt is re-sent until the waiter has left."""
     hold(holders, lock_path)
@@ -288,7 +288,7 @@ def test_many_short_waits_never_hang(lock_path: str, holders: list) -> None:
     tf.close()
 
 
-def test_many_racing_cancels_never_hang(lock_path: str, holders: list) -> None:
+def test_many_racing_cancels_never_hang(lock_path: str, holders: Holders) -> None:
     """Cancels landing at random points around the entry into the wait always end it."""
     import random
 

@@ -1,9 +1,9 @@
 """touchfile: shared and exclusive lock files whose waits block in the kernel.
 
-    from touchfile import TouchFile
+from touchfile import TouchFile
 
-    with TouchFile("/tmp/myjob.lock") as tf, tf.lock(timeout=5):
-        ...  # one process (and one thread) at a time
+with TouchFile("/tmp/myjob.lock") as tf, tf.lock(timeout=5):
+    ...  # one process (and one thread) at a time
 """
 
 from ._context import Context

@@ -50,7 +50,7 @@ class Context:
     each takes ``parent=``.
     """
 
-    __slots__ = ("_deadline", "_cancelled", "_children", "_waits", "__weakref__")
+    __slots__ = ("__weakref__", "_cancelled", "_children", "_deadline", "_waits")
 
     def __init__(self, deadline: float = math.inf, *, parent: Context | None = None) -> None:
         if isinstance(deadline, bool) or not isinstance(deadline, (int, float)):

@@ -9,6 +9,7 @@ acquisition checks that the path still names the descriptor's file.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import fcntl
 import math
@@ -72,7 +73,7 @@ def _use_native() -> bool:
 class _Handle:
     """One open file description of the lock file (what flock() locks belong to)."""
 
-    __slots__ = ("fd", "dev", "ino", "__weakref__")
+    __slots__ = ("__weakref__", "dev", "fd", "ino")
 
     def __init__(self, path: str, mode: int) -> None:
         self.fd = -1
@@ -109,10 +110,8 @@ class _Handle:
     def __del__(self) -> None:
         # Never LOCK_UN here: after fork() the descriptor may be a copy of
         # one the parent still locks with; closing a copy leaves that alone.
-        try:
+        with contextlib.suppress(OSError):
             self.close()
-        except OSError:
-            pass
 
 
 _instances: weakref.WeakSet[TouchFile] = weakref.WeakSet()
@@ -135,8 +134,19 @@ class TouchFile:
     """
 
     __slots__ = (
-        "path", "_bpath", "_mode", "_native", "_temporary", "_try",
-        "_mutex", "_closed", "_held", "_idle", "_waits", "_handles", "__weakref__",
+        "__weakref__",
+        "_bpath",
+        "_closed",
+        "_handles",
+        "_held",
+        "_idle",
+        "_mode",
+        "_mutex",
+        "_native",
+        "_temporary",
+        "_try",
+        "_waits",
+        "path",
     )  # fmt: skip
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, mode: int = 0o644) -> None:
@@ -400,10 +410,8 @@ class TouchFile:
             handle.close()
         self._close_idle()
         if self._temporary:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.path)
-            except FileNotFoundError:
-                pass
 
     @property
     def closed(self) -> bool:
@@ -444,7 +452,7 @@ def _kind(kind: object) -> LockType:
 class _Guard:
     """What tf.lock() returns: acquires on enter, releases on exit."""
 
-    __slots__ = ("_tf", "_kind", "_timeout", "_ctx")
+    __slots__ = ("_ctx", "_kind", "_tf", "_timeout")
 
     def __init__(
         self, tf: TouchFile, kind: LockType | str, timeout: float | None, ctx: Context | None

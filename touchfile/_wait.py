@@ -68,7 +68,7 @@ def _signal_name() -> str:
 class Wait:
     """A wait until ``deadline`` (time.monotonic(); math.inf for none)."""
 
-    __slots__ = ("deadline", "reason", "_event", "_native")
+    __slots__ = ("_event", "_native", "deadline", "reason")
 
     def __init__(self, deadline: float, native: bool) -> None:
         self.deadline = deadline
