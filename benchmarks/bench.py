@@ -35,6 +35,7 @@ import multiprocessing
 import os
 import platform
 import random
+import resource
 import shutil
 import sys
 import tempfile
@@ -657,6 +658,7 @@ def bench_many(path: str, tf: TouchFile | None, n: int) -> Series:
     threads: list[threading.Thread] = []
     old_stack = threading.stack_size(256 * 1024)
     gc.callbacks.append(on_gc)
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
     try:
         with holder:
             for i in range(n):
@@ -673,9 +675,14 @@ def bench_many(path: str, tf: TouchFile | None, n: int) -> Series:
                 series.errors.append(f"{hung} threads still blocked 30 s after start (hang)")
             series.extra["wall_s"] = time.monotonic() - t_go
     finally:
+        usage1 = resource.getrusage(resource.RUSAGE_SELF)
         gc.callbacks.remove(on_gc)
         threading.stack_size(old_stack)
         holder.close()
+    # The whole section (start, waits, timeouts, exits): what the waits cost the machine.
+    series.extra["cpu_user_s"] = usage1.ru_utime - usage0.ru_utime
+    series.extra["cpu_sys_s"] = usage1.ru_stime - usage0.ru_stime
+    series.extra["voluntary_ctx_switches"] = usage1.ru_nvcsw - usage0.ru_nvcsw
     series.extra["gc_collections"] = len(gc_pauses)
     series.extra["gc_longest_pause_s"] = max((d for _, d, _ in gc_pauses), default=0.0)
     series.extra["gc_pauses"] = gc_pauses
@@ -845,14 +852,17 @@ def build_markdown(cfg: Config, res: dict[str, Any], native_ok: bool, runtime: f
             return "no samples"
         return (
             f"{fmt_t(s['median'])} / {fmt_t(s['p99'])} / max {fmt_t(s['max'])}; "
-            f"{series.extra['later_than_5ms']} of {int(s['n'])} later than 5 ms"
+            f"{series.extra['later_than_5ms']} of {int(s['n'])} later than 5 ms; "
+            f"CPU {series.extra['cpu_user_s'] + series.extra['cpu_sys_s']:.2f} s "
+            f"({series.extra['cpu_sys_s']:.2f} s system), "
+            f"{series.extra['voluntary_ctx_switches']} context switches"
         )
 
     m = many["native"]
     rows.append(
         [
             f"{m.extra['threads']} threads waiting at once, deadlines 0.5..1.5 s: "
-            "lateness median / p99 / max",
+            "lateness median / p99 / max; CPU of the whole section",
             many_cell("native"),
             many_cell("polling"),
             "control, time.sleep() to the deadline: " + many_cell("control"),
