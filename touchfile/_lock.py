@@ -236,6 +236,10 @@ class TouchFile:
         if handle is None:
             why = " (close() released it)" if self._closed else ""
             raise LockError(f"this thread holds no lock on {self.path}{why}", self.path)
+        # Never unlink the lock file here (nor in close()): a waiter already
+        # blocked on this inode would be granted a lock that guards nothing,
+        # while a newcomer creates a new file at the path and locks that one
+        # too, and two holders would be in at once.
         fcntl.flock(handle.fd, fcntl.LOCK_UN)
         self._put_back(handle)
 
