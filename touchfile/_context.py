@@ -14,7 +14,8 @@ import time
 import weakref
 from typing import Protocol
 
-CANCELLED = 5  # the reason a wait is given; the same code as the native core's
+from ._native import CANCELLED
+
 
 # Guards the tree: cancel flags, children and attached waits. Held briefly,
 # never while calling out.
