@@ -16,7 +16,6 @@ from typing import Protocol
 
 from ._native import CANCELLED
 
-
 # Guards the tree: cancel flags, children and attached waits. Held briefly,
 # never while calling out.
 _tree = threading.Lock()
