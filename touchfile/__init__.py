@@ -1,9 +1,11 @@
 """touchfile: shared and exclusive lock files whose waits block in the kernel.
 
-from touchfile import TouchFile
+Example::
 
-with TouchFile("/tmp/myjob.lock") as tf, tf.lock(timeout=5):
-    ...  # one process (and one thread) at a time
+    from touchfile import TouchFile
+
+    with TouchFile("/tmp/myjob.lock") as tf, tf.lock(timeout=5):
+        ...  # one process (and one thread) at a time
 """
 
 from ._context import Context
