@@ -28,8 +28,8 @@ from touchfile import (
 def test_public_names() -> None:
     """The names the API promises are exported, and nothing else by accident."""
     assert set(touchfile.__all__) == {
-        "EXCLUSIVE", "SHARED", "Context", "LockCancelled", "LockError", "LockTimeout",
-        "LockType", "TouchFile", "__version__",
+        "EXCLUSIVE", "SHARED", "Context", "LockCancelled", "LockError", "LockHolder",
+        "LockTimeout", "LockType", "TouchFile", "__version__",
     }  # fmt: skip
     assert [m.name for m in LockType] == ["SHARED", "EXCLUSIVE"]
     assert SHARED is LockType.SHARED and EXCLUSIVE is LockType.EXCLUSIVE

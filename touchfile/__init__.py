@@ -10,6 +10,7 @@ Example::
 
 from ._context import Context
 from ._errors import LockCancelled, LockError, LockTimeout
+from ._holders import LockHolder
 from ._lock import EXCLUSIVE, SHARED, LockType, TouchFile
 from ._version import __version__
 
@@ -19,6 +20,7 @@ __all__ = [
     "Context",
     "LockCancelled",
     "LockError",
+    "LockHolder",
     "LockTimeout",
     "LockType",
     "TouchFile",

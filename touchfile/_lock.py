@@ -19,13 +19,16 @@ import threading
 import time
 import weakref
 from types import TracebackType
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, TypeVar
 
 from . import _native
 from ._context import Context, check_timeout
 from ._errors import LockCancelled, LockError, LockTimeout
 from ._native import BUSY, CANCELLED, CLOSED, DEADLINE, INTERRUPTED, OK, STALE
 from ._wait import Wait, py_try_lock
+
+if TYPE_CHECKING:
+    from ._holders import LockHolder
 
 T = TypeVar("T")
 
@@ -242,6 +245,24 @@ class TouchFile:
         # too, and two holders would be in at once.
         fcntl.flock(handle.fd, fcntl.LOCK_UN)
         self._put_back(handle)
+
+    def holders(self) -> list[LockHolder]:
+        """The processes holding a lock on this file right now (Linux only).
+
+        Each is a LockHolder(pid, kind, command); see the README for how
+        they are found. Raises NotImplementedError where /proc/locks is
+        missing.
+        """
+        from ._holders import holders
+
+        return holders(self.path)
+
+    def _fileno(self) -> int:
+        """The descriptor through which this thread holds its lock."""
+        handle = self._held.get(_get_ident())
+        if handle is None:
+            raise LockError(f"this thread holds no lock on {self.path}", self.path)
+        return handle.fd
 
     def locked(self) -> bool:
         """True when the calling thread holds a lock through this object."""
