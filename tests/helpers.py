@@ -9,6 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+# The touchfile command, installed beside this interpreter.
+TOUCHFILE = str(Path(sys.executable).with_name("touchfile"))
+
 # Children run in "/" so that they import the installed touchfile, never the
 # source tree. A holder in another process: takes the lock with the named tool, says
 # "locked", releases when a line arrives on stdin (printing the
@@ -56,9 +59,10 @@ class Holder:
     """A process holding a lock on path until release() (always reaped by stop())."""
 
     def __init__(self, path: str | Path, kind: str = "exclusive", tool: str = "fcntl") -> None:
-        if tool == "flock":  # util-linux flock(1)
+        if tool in ("flock", "cli"):  # util-linux flock(1), or touchfile's command
             flag = "-x" if kind == "exclusive" else "-s"
-            argv = ["flock", flag, str(path), "sh", "-c", "echo locked; read x"]
+            program = "flock" if tool == "flock" else TOUCHFILE
+            argv = [program, flag, str(path), "sh", "-c", "echo locked; read x"]
         else:
             argv = [sys.executable, "-c", _HOLDERS[tool], str(path), kind]
         self.tool = tool
@@ -75,7 +79,7 @@ class Holder:
         """Release now; returns the holder's time.monotonic() at release."""
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write("\n")
-        if self.tool == "flock":  # flock(1) releases when its command exits
+        if self.tool in ("flock", "cli"):  # these release when their command exits
             self.proc.wait(timeout=10)
             return time.monotonic()
         return float(self.proc.stdout.readline())
