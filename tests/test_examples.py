@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,3 +22,20 @@ def test_demo_takes_turns_and_times_out() -> None:
     assert "the child held it" in out
     assert "timed out after 0.3" in out and "exclusive lock on" in out
     assert out.rstrip().endswith("[child]  released")
+
+
+def test_cache_readers_share_and_writer_excludes() -> None:
+    """Reader processes hold the shared lock together, never beside the writer, never torn."""
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "cache_readers_writer.py")],
+        capture_output=True, text=True, timeout=60, cwd="/",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "reads: 32, whole and unchanged: 32, torn or changed: 0" in out
+    together = re.search(r"holding the shared lock together: up to (\d+) at once", out)
+    assert together is not None and int(together.group(1)) >= 2, out
+    assert "reader/writer overlaps: 0" in out
+    assert out.count("[writer] waited") == 4
+    assert "versions the readers saw: 0," in out
+    assert out.rstrip().splitlines()[-1].startswith("OK:")
