@@ -236,6 +236,40 @@ def test_conflicts_with_flock_both_ways(
     assert proc.stderr == ""  # a conflict is not an error: nothing is printed
 
 
+@pytest.mark.parametrize(
+    ("args", "status"),
+    [
+        (["--shared", "--nonblock"], 0),
+        (["-sn"], 0),
+        (["--exclusive", "--nb"], 9),
+        (["-xn"], 9),
+        (["--wait", "0.2"], 9),
+        (["--timeout=0.2"], 9),
+        (["-w0.2"], 9),
+        (["-nw", "5"], 9),
+        (["-nE9"], 9),
+        (["--conflict-exit-code=9", "-n"], 9),
+    ],
+    ids=lambda v: repr(v),
+)
+def test_option_spellings(lock_path: str, holders: Holders, args: list[str], status: int) -> None:
+    """Long options, --opt=value, and clustered short options mean what the short ones do."""
+    hold(holders, lock_path, "shared")
+    proc = run([TOUCHFILE, "-E", "9", *args, lock_path, "true"])
+    assert (proc.returncode, proc.stderr) == (status, "")
+
+
+def test_long_close_and_verbose(lock_path: str) -> None:
+    """--close and --verbose are -o and -v."""
+    proc = run([TOUCHFILE, "--close", "--verbose", lock_path, "ls", "-l", "/proc/self/fd/"])
+    assert proc.returncode == 0
+    assert lock_path not in proc.stdout  # not inherited
+    assert proc.stderr.startswith(f"touchfile: took the exclusive lock on {lock_path} after 0.0")
+    assert proc.stderr.endswith("touchfile: executing ls -l /proc/self/fd/\n")
+    inherited = run([TOUCHFILE, lock_path, "ls", "-l", "/proc/self/fd/"])
+    assert lock_path in inherited.stdout
+
+
 @needs_flock
 def test_waits_for_flock_holder_then_runs(
     lock_path: str, holders: Holders, procs: list[subprocess.Popen[str]]
