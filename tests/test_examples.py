@@ -39,3 +39,24 @@ def test_cache_readers_share_and_writer_excludes() -> None:
     assert out.count("[writer] waited") == 4
     assert "versions the readers saw: 0," in out
     assert out.rstrip().splitlines()[-1].startswith("OK:")
+
+
+def test_with_lock_deadline_budget() -> None:
+    """with_lock returns fn's result, and a shared budget ends a wait without calling fn."""
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "with_lock_deadline.py")],
+        capture_output=True, text=True, timeout=60, cwd="/",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "[step 1] shared lock: read returned 0;" in out
+    assert "[step 2] exclusive lock: bump returned 1;" in out
+    assert "[step 3] LockTimeout: timed out after 0." in out
+    assert "waiting for exclusive lock on" in out
+    late = re.search(r"ended (-?[\d.]+) ms after the budget's deadline", out)
+    assert late is not None and 0 <= float(late.group(1)) < 500, out
+    assert "[step 3] bump was called 0 times; the counter is still 1" in out
+    assert "[step 4] budget spent: LockTimeout at once" in out
+    assert "timed out after 0.000 s waiting for exclusive lock" in out
+    assert "[step 4] bump was called 0 times; the counter is still 1" in out
+    assert out.rstrip().endswith("OK")
