@@ -60,3 +60,20 @@ def test_with_lock_deadline_budget() -> None:
     assert "timed out after 0.000 s waiting for exclusive lock" in out
     assert "[step 4] bump was called 0 times; the counter is still 1" in out
     assert out.rstrip().endswith("OK")
+
+
+def test_worker_pool_cancelled_by_one_context() -> None:
+    """One ctx.cancel() ends every worker thread's wait promptly, and no worker gets the lock."""
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "worker_pool_cancel.py")],
+        capture_output=True, text=True, timeout=60, cwd="/",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    ended = re.findall(r"\[worker \d\] (?:shared|exclusive) +cancelled .*, ([\d.]+) ms after", out)
+    assert len(ended) == 8, out
+    assert all(float(ms) < 100 for ms in ended), out
+    assert "cancelled: 8 of 8; got the lock: 0" in out
+    assert "GOT THE LOCK" not in out
+    assert "the main thread still holds the lock: True" in out
+    assert out.rstrip().endswith("OK")
