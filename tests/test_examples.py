@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -77,3 +78,35 @@ def test_worker_pool_cancelled_by_one_context() -> None:
     assert "GOT THE LOCK" not in out
     assert "the main thread still holds the lock: True" in out
     assert out.rstrip().endswith("OK")
+
+
+def test_cron_job_never_overlaps(tmp_path: Path) -> None:
+    """The cron job: a run started while another is going skips its turn (status 0)
+    and names the holder; a run after it finishes does the work."""
+    bin_dir = str(Path(sys.executable).parent)  # where the touchfile command is
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "CRON_JOB_LOCK": str(tmp_path / "cron.lock"),
+        "CRON_JOB_SECONDS": "1.5",
+    }
+    script = [str(EXAMPLES / "cron_job.sh")]  # runnable as-is: it is executable
+    first = subprocess.Popen(script, stdout=subprocess.PIPE, text=True, env=env, cwd="/")
+    try:
+        assert first.stdout is not None
+        assert re.fullmatch(r"cron_job: run \d+ started\n", first.stdout.readline())
+        second = subprocess.run(script, capture_output=True, text=True, env=env, timeout=30)
+        assert (second.returncode, second.stdout) == (0, "")
+        assert "the previous run still holds" in second.stderr and "skipping" in second.stderr
+        assert "exclusive  sh " in second.stderr and "--locked" in second.stderr  # --holders
+        assert first.wait(timeout=30) == 0
+        assert re.fullmatch(r"cron_job: run \d+ finished\n", first.stdout.read())
+    finally:
+        if first.poll() is None:
+            first.kill()
+        first.wait()
+        if first.stdout is not None:
+            first.stdout.close()
+    env["CRON_JOB_SECONDS"] = "0"
+    third = subprocess.run(script, capture_output=True, text=True, env=env, timeout=30)
+    assert third.returncode == 0 and third.stdout.endswith("finished\n"), third.stderr
