@@ -18,8 +18,9 @@ import tempfile
 import threading
 import time
 import weakref
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Callable, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from . import _native
 from ._context import Context, check_timeout
@@ -28,6 +29,7 @@ from ._native import BUSY, CANCELLED, CLOSED, DEADLINE, INTERRUPTED, OK, STALE
 from ._wait import Wait, py_try_lock
 
 if TYPE_CHECKING:
+    from ._async import AsyncGuard
     from ._holders import LockHolder
 
 T = TypeVar("T")
@@ -138,6 +140,7 @@ class TouchFile:
 
     __slots__ = (
         "__weakref__",
+        "_async",
         "_bpath",
         "_closed",
         "_handles",
@@ -166,7 +169,10 @@ class TouchFile:
         self._try = _native.try_lock if self._native and _native.try_lock else py_try_lock
         self._mutex = threading.Lock()  # guards _waits, and close() against itself
         self._closed = False
-        self._held: dict[int, _Handle] = {}  # thread ident -> its locked handle
+        # owner -> its locked handle; the owner is the thread's ident, or the
+        # asyncio task for locks taken by tasks (once _async is set).
+        self._held: dict[object, _Handle] = {}
+        self._async = False
         self._waits: set[Wait] = set()
         self._handles: weakref.WeakSet[_Handle] = weakref.WeakSet()  # all, for fork
         self._idle: list[_Handle] = [self._new_handle()]  # opens (creates) the file now
@@ -201,7 +207,7 @@ class TouchFile:
             deadline = math.inf
         else:
             deadline = self._deadline(kind, timeout, ctx)
-        me = _get_ident()
+        me = self._owner() if self._async else _get_ident()
         if self._closed or me in self._held:
             raise self._misuse(me)
         try:
@@ -235,7 +241,7 @@ class TouchFile:
 
     def release(self) -> None:
         """Give back the lock this thread holds; LockError if it holds none."""
-        handle = self._held.pop(_get_ident(), None)
+        handle = self._held.pop(self._owner() if self._async else _get_ident(), None)
         if handle is None:
             why = " (close() released it)" if self._closed else ""
             raise LockError(f"this thread holds no lock on {self.path}{why}", self.path)
@@ -259,14 +265,26 @@ class TouchFile:
 
     def _fileno(self) -> int:
         """The descriptor through which this thread holds its lock."""
-        handle = self._held.get(_get_ident())
+        handle = self._held.get(self._owner())
         if handle is None:
             raise LockError(f"this thread holds no lock on {self.path}", self.path)
         return handle.fd
 
     def locked(self) -> bool:
-        """True when the calling thread holds a lock through this object."""
-        return _get_ident() in self._held
+        """True when the calling thread (or asyncio task) holds a lock through this object."""
+        return self._owner() in self._held
+
+    def _owner(self) -> object:
+        """Who takes and gives back locks here: the current asyncio task, if
+        this object has served tasks and one is running, else the thread."""
+        if self._async:
+            from asyncio import _get_running_loop, current_task
+
+            loop = _get_running_loop()
+            task = current_task(loop) if loop is not None else None
+            if task is not None:
+                return task
+        return _get_ident()
 
     def _deadline(self, kind: object, timeout: object, ctx: Context | None) -> float:
         deadline = math.inf
@@ -285,10 +303,21 @@ class TouchFile:
         return deadline
 
     def _wait(
-        self, handle: _Handle, op: int, kind: object, deadline: float, ctx: Context | None, rc: int
+        self,
+        handle: _Handle,
+        op: int,
+        kind: object,
+        deadline: float,
+        ctx: Context | None,
+        rc: int,
+        start: float | None = None,
     ) -> None:
-        """Go on from a failed try (rc) until handle holds the lock, or raise."""
-        start = _monotonic()
+        """Go on from a failed try (rc) until handle holds the lock, or raise.
+
+        start: when the wait began (time.monotonic()), for the errors' waited.
+        """
+        if start is None:
+            start = _monotonic()
         wait: Wait | None = None
         try:
             while rc != OK:
@@ -361,11 +390,11 @@ class TouchFile:
             except IndexError:
                 return
 
-    def _misuse(self, me: int) -> LockError:
+    def _misuse(self, me: object) -> LockError:
         if self._closed:
             return LockError(f"{self.path} is closed", self.path)
         return LockError(
-            f"this thread already holds a lock on {self.path}; release it first "
+            f"this thread (or task) already holds a lock on {self.path}; release it first "
             "(flock() cannot convert a lock atomically)",
             self.path,
         )
@@ -407,6 +436,52 @@ class TouchFile:
         self.acquire(kind, timeout, ctx)
         try:
             return fn()
+        finally:
+            self.release()
+
+    # ---- asyncio -----------------------------------------------------------
+
+    async def acquire_async(
+        self,
+        kind: LockType | str = EXCLUSIVE,
+        *,
+        timeout: float | None = None,
+        ctx: Context | None = None,
+    ) -> None:
+        """acquire() for asyncio tasks: the event loop never blocks, and
+        cancelling the task ends the wait at once. The lock belongs to the
+        task; give it back with release() from that task."""
+        from ._async import acquire
+
+        await acquire(self, kind, timeout, ctx)
+
+    def lock_async(
+        self,
+        kind: LockType | str = EXCLUSIVE,
+        *,
+        timeout: float | None = None,
+        ctx: Context | None = None,
+    ) -> AsyncGuard:
+        """``async with tf.lock_async(SHARED, timeout=5): ...``"""
+        from ._async import AsyncGuard
+
+        _op_of(kind)
+        return AsyncGuard(self, kind, timeout, ctx)
+
+    async def with_lock_async(
+        self,
+        fn: Callable[[], Awaitable[T]],
+        kind: LockType | str = EXCLUSIVE,
+        *,
+        timeout: float | None = None,
+        ctx: Context | None = None,
+    ) -> T:
+        """Await fn() holding the lock and return its result; always releases."""
+        if not callable(fn):
+            raise TypeError(f"fn must be an async callable, not {fn!r}")
+        await self.acquire_async(kind, timeout=timeout, ctx=ctx)
+        try:
+            return await fn()
         finally:
             self.release()
 

@@ -1,0 +1,212 @@
+"""Lock waits for asyncio tasks, blocking in the kernel without blocking the loop.
+
+The first try is made on the event loop (a free lock costs no thread). A
+lock that is busy is waited for in one of touchfile's own threads, exactly
+as a thread's wait is (a blocked flock(), ended by the native interrupt), so
+the loop's default executor is never used. When the task is cancelled, the
+loop cancels that wait through a Context and raises CancelledError at once,
+without waiting for the thread; whichever side comes second, the task's or
+the thread's, gives back a lock that was granted at the same moment.
+
+Threads: one per wait in progress (a blocked wait needs its own thread; it
+costs no CPU). They are reused, and one idle for IDLE_SECONDS exits, so
+their number is bounded by the number of waits in progress at once.
+"""
+
+from __future__ import annotations
+
+import _thread
+import asyncio
+import math
+import os
+import queue
+import threading
+import time
+from types import TracebackType
+from typing import TYPE_CHECKING, Callable
+
+from ._context import Context
+from ._errors import LockError
+from ._native import OK
+
+if TYPE_CHECKING:
+    from ._lock import LockType, TouchFile, _Handle
+
+IDLE_SECONDS = 10.0
+
+
+class _Threads:
+    """Threads that run blocking lock waits, started as needed and reused."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._mutex = threading.Lock()
+        self._idle = 0
+
+    def run(self, job: Callable[[], None]) -> None:
+        with self._mutex:
+            if self._idle:
+                self._idle -= 1  # that thread will take the job
+                self._jobs.put(job)
+                return
+        # Not threading.Thread().start(): it waits until the new thread runs,
+        # which on a busy machine would stall the event loop for a time slice.
+        _thread.start_new_thread(self._work, (job,))
+
+    def _work(self, job: Callable[[], None]) -> None:
+        while True:
+            job()
+            with self._mutex:
+                self._idle += 1
+            try:
+                job = self._jobs.get(timeout=IDLE_SECONDS)
+            except queue.Empty:
+                with self._mutex:
+                    try:  # a job given to us just as we timed out
+                        job = self._jobs.get_nowait()
+                    except queue.Empty:
+                        self._idle -= 1
+                        return
+
+
+_threads = _Threads()
+
+
+def _reset_after_fork() -> None:
+    global _threads
+    _threads = _Threads()  # the parent's threads do not exist in the child
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+class _Wait:
+    """One wait in a thread; settled by the thread or abandoned by the task."""
+
+    __slots__ = ("abandoned", "error", "finished", "mutex")
+
+    def __init__(self) -> None:
+        self.mutex = threading.Lock()
+        self.abandoned = False  # the task has gone (cancelled)
+        self.finished = False  # the thread's wait has ended ...
+        self.error: BaseException | None = None  # ... with this error, or the lock
+
+
+async def acquire(
+    tf: TouchFile, kind: LockType | str, timeout: float | None, ctx: Context | None
+) -> None:
+    """TouchFile.acquire_async()."""
+    from ._lock import _op_of
+
+    op = _op_of(kind)
+    deadline = math.inf if timeout is None and ctx is None else tf._deadline(kind, timeout, ctx)
+    task = asyncio.current_task()
+    if task is None:
+        raise RuntimeError("acquire_async() must be awaited in an asyncio task")
+    tf._async = True
+    if tf._closed or task in tf._held:
+        raise tf._misuse(task)
+    try:
+        handle = tf._idle.pop()
+    except IndexError:
+        handle = tf._new_handle()
+    try:
+        rc = tf._try(handle.fd, op, tf._bpath, handle.dev, handle.ino)
+    except BaseException:
+        tf._put_back(handle)
+        raise
+    if rc != OK:
+        await _wait_in_thread(tf, handle, op, kind, deadline, ctx, rc)
+    tf._held[task] = handle
+    if tf._closed:
+        if tf._held.pop(task, None) is handle:
+            handle.unlock()
+            handle.close()
+        raise LockError(f"{tf.path} was closed while the lock was being taken", tf.path)
+
+
+async def _wait_in_thread(
+    tf: TouchFile,
+    handle: _Handle,
+    op: int,
+    kind: LockType | str,
+    deadline: float,
+    ctx: Context | None,
+    rc: int,
+) -> None:
+    """Wait in a thread until handle holds the lock; raise as acquire() would."""
+    start = time.monotonic()
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    stop = Context.with_cancel(parent=ctx)  # cancelled with the task
+    state = _Wait()
+
+    def settle(error: BaseException | None) -> None:  # on the loop
+        if not done.done():
+            if error is None:
+                done.set_result(None)
+            else:
+                done.set_exception(error)
+
+    def wait() -> None:  # in a thread
+        error: BaseException | None = None
+        try:
+            tf._wait(handle, op, kind, deadline, stop, rc, start)
+        except BaseException as e:
+            error = e
+        with state.mutex:
+            state.finished, state.error = True, error
+            abandoned = state.abandoned
+        if not abandoned:
+            try:
+                loop.call_soon_threadsafe(settle, error)
+                return
+            except RuntimeError:  # the loop is closed: nobody will take the lock
+                pass
+        _give_back(tf, handle, error)
+
+    _threads.run(wait)
+    try:
+        await done
+    except asyncio.CancelledError:
+        with state.mutex:
+            state.abandoned = True
+            finished, error = state.finished, state.error
+        if finished:  # granted (or failed) as we were cancelled: give it back
+            _give_back(tf, handle, error)
+        else:
+            stop.cancel()  # the thread ends its wait, and gives the handle back
+        raise
+    except BaseException:
+        tf._put_back(handle)  # the wait failed: nothing is locked
+        raise
+
+
+def _give_back(tf: TouchFile, handle: _Handle, error: BaseException | None) -> None:
+    """Return a handle whose wait nobody is there to take; unlock it if it was granted."""
+    if error is None:
+        handle.unlock()
+    tf._put_back(handle)
+
+
+class AsyncGuard:
+    """What tf.lock_async() returns: acquires on enter, releases on exit."""
+
+    __slots__ = ("_ctx", "_kind", "_tf", "_timeout")
+
+    def __init__(
+        self, tf: TouchFile, kind: LockType | str, timeout: float | None, ctx: Context | None
+    ) -> None:
+        self._tf, self._kind, self._timeout, self._ctx = tf, kind, timeout, ctx
+
+    async def __aenter__(self) -> TouchFile:
+        await self._tf.acquire_async(self._kind, timeout=self._timeout, ctx=self._ctx)
+        return self._tf
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._tf.release()
