@@ -17,7 +17,10 @@ Measured, each contender side by side in one run:
 3. deadline overshoot for timeouts of 1, 10 and 100 ms;
 4. cancel latency (Context.cancel() from another thread);
 5. CPU burnt while waiting on a held lock;
-6. lateness of 1000 threads waiting at once, each with its own deadline.
+6. lateness of 1000 threads waiting at once, each with its own deadline;
+7. asyncio handoff latency: an asyncio task blocked in await acquire_async()
+   (against filelock's AsyncFileLock), holder in another process as in 2.;
+8. asyncio cancel latency: task.cancel() of a task waiting for a held lock.
 
 Times come from time.monotonic() (CLOCK_MONOTONIC, comparable across
 processes) or time.perf_counter(); CPU from time.process_time().
@@ -26,6 +29,7 @@ processes) or time.perf_counter(); CPU from time.process_time().
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime
 import fcntl
 import gc
@@ -41,7 +45,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -172,6 +176,11 @@ class Config:
     cpu_other_s: float
     many_n: int
     many_polling: bool
+    async_handoff_rounds: int
+    async_handoff_rounds_fl: int
+    async_cancel_n: int
+    async_cancel_n_poll: int
+    async_cancel_n_fl: int
 
 
 FULL = Config(
@@ -192,6 +201,11 @@ FULL = Config(
     cpu_other_s=2.0,
     many_n=1000,
     many_polling=True,
+    async_handoff_rounds=40,
+    async_handoff_rounds_fl=20,
+    async_cancel_n=200,
+    async_cancel_n_poll=100,
+    async_cancel_n_fl=50,
 )
 
 QUICK = Config(
@@ -212,6 +226,11 @@ QUICK = Config(
     cpu_other_s=1.0,
     many_n=1000,
     many_polling=False,
+    async_handoff_rounds=10,
+    async_handoff_rounds_fl=5,
+    async_cancel_n=30,
+    async_cancel_n_poll=15,
+    async_cancel_n_fl=10,
 )
 
 
@@ -693,6 +712,181 @@ def bench_many(path: str, tf: TouchFile | None, n: int) -> Series:
 
 
 # ---------------------------------------------------------------------------
+# 7.-8. asyncio: handoff and cancel latency of a task awaiting the lock
+#
+# Each contender gets fresh lock objects: acquire_async() makes a TouchFile
+# hand its locks to tasks, and the sections above should not see that.
+
+
+@dataclass
+class AsyncContender:
+    acquire: Callable[[], Awaitable[object]]
+    release: Callable[[], Awaitable[object]]
+    rounds: int
+    jitter: float = 0.010  # random extra hold, >= the contender's poll period
+
+
+def _async_tf(tf: TouchFile) -> tuple[Callable[[], Awaitable[None]], Callable[[], Awaitable[None]]]:
+    """(acquire, release) coroutine functions for a task, timeout=None."""
+
+    async def release() -> None:
+        tf.release()
+
+    return tf.acquire_async, release
+
+
+def _async_fl(
+    fl: filelock.BaseAsyncFileLock,
+) -> tuple[Callable[[], Awaitable[object]], Callable[[], Awaitable[None]]]:
+    """(acquire, release) of an AsyncFileLock as users write it: await acquire()."""
+
+    async def acquire() -> object:
+        return await fl.acquire()
+
+    async def release() -> None:
+        await fl.release()
+
+    return acquire, release
+
+
+def bench_handoff_async(cfg: Config, path: str) -> dict[str, Series]:
+    """As bench_handoff, with the waiter an asyncio task blocked in an await."""
+    tf_native = make_touchfile(path, native=True)
+    tf_poll = make_touchfile(path, native=False)
+    out: dict[str, Series] = {}
+
+    async def main() -> None:
+        fl = filelock.AsyncFileLock(path)  # default poll_interval (50 ms), in the loop's executor
+        r = cfg.async_handoff_rounds
+        contenders = {
+            "native": AsyncContender(*_async_tf(tf_native), r),
+            "polling": AsyncContender(*_async_tf(tf_poll), r),
+            "filelock": AsyncContender(*_async_fl(fl), cfg.async_handoff_rounds_fl, 0.050),
+        }
+        out.update({name: Series(extra={"discarded_not_blocked": 0}) for name in contenders})
+        rng = random.Random(20240602)
+        mp = multiprocessing.get_context("spawn")
+        parent, child = mp.Pipe()
+        proc = mp.Process(target=_holder_main, args=(path, child), daemon=True)
+        proc.start()
+        child.close()
+        try:
+            for c in contenders.values():  # warm up: the first wait starts a thread
+                parent.send(("lock",))
+                _expect(parent, "locked")
+                parent.send(("release", 0.005))
+                await c.acquire()
+                await c.release()
+                _expect(parent, "released")
+            for rnd in range(max(c.rounds for c in contenders.values())):
+                for name, c in contenders.items():
+                    if rnd >= c.rounds:
+                        continue
+                    # The pipe is read blocking, stalling the loop: nothing else runs on it.
+                    parent.send(("lock",))
+                    _expect(parent, "locked")
+                    parent.send(("release", 0.020 + rng.uniform(0.0, c.jitter)))
+                    t_call = time.monotonic()
+                    await c.acquire()
+                    t_acquired = time.monotonic()  # immediately after the await returned
+                    await c.release()
+                    t_release = _expect(parent, "released")
+                    series = out[name]
+                    if t_release - t_call < 0.010:  # the waiter may not have been blocked yet
+                        series.extra["discarded_not_blocked"] += 1
+                        continue
+                    latency = t_acquired - t_release
+                    if latency < 0:
+                        series.errors.append(
+                            f"acquired {-latency * 1e6:.0f} µs BEFORE the holder released"
+                        )
+                    series.samples.append(latency)
+            parent.send(("quit",))
+        finally:
+            parent.close()
+            proc.join(10)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(10)
+
+    try:
+        asyncio.run(main())
+    finally:
+        tf_native.close()
+        tf_poll.close()
+    return out
+
+
+def bench_cancel_async(cfg: Config, path: str) -> dict[str, Series]:
+    """task.cancel() of a task awaiting a held lock, until its except CancelledError runs."""
+    tf_native = make_touchfile(path, native=True)
+    tf_poll = make_touchfile(path, native=False)
+    counts = {
+        "native": cfg.async_cancel_n,
+        "polling": cfg.async_cancel_n_poll,
+        "filelock": cfg.async_cancel_n_fl,
+    }
+    out = {name: Series() for name in counts}
+    rng = random.Random(8)
+
+    async def main() -> None:
+        fl = filelock.AsyncFileLock(path)
+        acquires: dict[str, Callable[[], Awaitable[object]]] = {
+            "native": lambda: tf_native.acquire_async(timeout=30),
+            "polling": lambda: tf_poll.acquire_async(timeout=30),
+            "filelock": lambda: fl.acquire(timeout=30),
+        }
+        releases: dict[str, Callable[[], Awaitable[None]]] = {
+            "native": _async_tf(tf_native)[1],
+            "polling": _async_tf(tf_poll)[1],
+            "filelock": _async_fl(fl)[1],
+        }
+
+        async def sample(name: str) -> None:
+            series = out[name]
+            caught: list[float] = []
+
+            async def waiter() -> None:
+                try:
+                    await acquires[name]()
+                except asyncio.CancelledError:
+                    caught.append(time.monotonic())
+                    raise
+                except BaseException as e:
+                    series.errors.append(f"{type(e).__name__}: {e}")
+                    return
+                series.errors.append("acquired a lock held by another open file description")
+                await releases[name]()
+
+            task = asyncio.create_task(waiter())
+            await asyncio.sleep(0.005 + rng.uniform(0.0, 0.002))  # let it block
+            t0 = time.monotonic()
+            task.cancel()
+            await asyncio.wait({task}, timeout=35)
+            if not task.done():
+                series.errors.append("task still waiting 35 s after cancel (hang)")
+            elif not task.cancelled():
+                series.errors.append("the task was not cancelled")
+            elif caught:
+                series.samples.append(caught[0] - t0)
+
+        for i in range(max(counts.values())):
+            for name in out:
+                if i < counts[name]:
+                    await sample(name)
+
+    holder = RawHolder(path)
+    try:
+        with holder:
+            asyncio.run(main())
+    finally:
+        holder.close()
+        tf_native.close()
+        tf_poll.close()
+    return out
+
+
+# ---------------------------------------------------------------------------
 # report
 
 
@@ -731,11 +925,29 @@ def build_markdown(cfg: Config, res: dict[str, Any], native_ok: bool, runtime: f
     canc: dict[str, Series] = res["cancel"]
     cpu: dict[str, Series] = res["cpu"]
     many: dict[str, Series] = res["many"]
+    hand_a: dict[str, Series] = res["handoff_async"]
+    canc_a: dict[str, Series] = res["cancel_async"]
     rows: list[list[str]] = []
     notes: list[str] = []
 
     def met(ok: bool | None) -> str:
         return "—" if ok is None else ("yes" if ok else "**NO**")
+
+    def async_ratios(a: dict[str, Series], sync: dict[str, Series], fl_sync: str) -> list[str]:
+        """Cells 'async/sync x / to AsyncFileLock x' of medians, for native, polling, filelock."""
+        med_a = {k: v.stats()["median"] for k, v in a.items()}
+        med_s = {k: sync[k].stats()["median"] for k in ("native", "polling")}
+        med_s["filelock"] = sync[fl_sync].stats()["median"]
+
+        def x(num: float, den: float) -> str:
+            r = num / den if den else math.nan
+            return "—" if math.isnan(r) else f"{r:.{3 if r < 0.1 else 2}f}x"
+
+        fl = med_a["filelock"]
+        return [f"{x(med_a[k], med_s[k])} / {x(med_a[k], fl)}" for k in ("native", "polling")] + [
+            "—",
+            f"{x(fl, med_s['filelock'])} / 1x",
+        ]
 
     # 1
     def unc_cell(name: str) -> str:
@@ -790,6 +1002,27 @@ def build_markdown(cfg: Config, res: dict[str, Any], native_ok: bool, runtime: f
             "—",
         ]
     )
+    # 7
+    rows.append(
+        [
+            "asyncio handoff latency from another process (await tf.acquire_async()) "
+            "[filelock: AsyncFileLock, default poll_interval=50 ms]",
+            cell(hand_a["native"].stats()),
+            cell(hand_a["polling"].stats()),
+            "—",
+            cell(hand_a["filelock"].stats()),
+            "—",
+            "—",
+        ]
+    )
+    rows.append(
+        [
+            "asyncio handoff: ratio to the sync handoff / to AsyncFileLock (medians)",
+            *async_ratios(hand_a, hand, "filelock_default"),
+            "—",
+            "—",
+        ]
+    )
     # 3
     for key, row in over.items():
         s = row["native"].stats()
@@ -817,6 +1050,27 @@ def build_markdown(cfg: Config, res: dict[str, Any], native_ok: bool, runtime: f
             cell(canc["filelock"].stats()),
             "native p99 < 1 ms",
             met(None if not s["n"] else s["p99"] < MS and not canc["native"].errors),
+        ]
+    )
+    # 8
+    rows.append(
+        [
+            "asyncio cancel latency (task.cancel() → the task's except CancelledError) "
+            "[filelock: AsyncFileLock]",
+            cell(canc_a["native"].stats()),
+            cell(canc_a["polling"].stats()),
+            "—",
+            cell(canc_a["filelock"].stats()),
+            "—",
+            "—",
+        ]
+    )
+    rows.append(
+        [
+            "asyncio cancel: ratio to the sync cancel / to AsyncFileLock (medians)",
+            *async_ratios(canc_a, canc, "filelock"),
+            "—",
+            "—",
         ]
     )
 
@@ -906,10 +1160,20 @@ def build_markdown(cfg: Config, res: dict[str, Any], native_ok: bool, runtime: f
         "Overshoot/cancel/CPU/many: lock held by a raw flock() on a separate open file "
         "description in this process; waiters in worker threads (CPU: main thread)."
     )
-    for name, series in hand.items():
-        d = series.extra.get("discarded_not_blocked", 0)
-        if d:
-            notes.append(f"handoff {name}: {d} round(s) discarded (waiter not surely blocked).")
+    notes.append(
+        "asyncio (measured last, each contender with fresh lock objects in one asyncio.run()): "
+        "handoff as above, the waiter being the loop's task awaiting acquire_async() / "
+        "AsyncFileLock.acquire(), after one warm-up round each; cancel: a task awaits the "
+        "lock held as above (timeout=30 s), is cancelled 5-7 ms later, latency = "
+        "time.monotonic() in its except CancelledError minus just before task.cancel(). "
+        "Ratios are of medians, async over sync (filelock's sync cancel is its polled "
+        "cancel_check, so that ratio compares different mechanisms)."
+    )
+    for label, group in (("handoff", hand), ("asyncio handoff", hand_a)):
+        for name, series in group.items():
+            d = series.extra.get("discarded_not_blocked", 0)
+            if d:
+                notes.append(f"{label} {name}: {d} round(s) discarded (waiter not surely blocked).")
     for name, series in cpu.items():
         threads = series.extra.get("python_threads", 1)
         if threads != 1:
@@ -1018,7 +1282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     res["meta"]["loadavg_start"] = os.getloadavg()
 
     def run(key: str, title: str, fn: Callable[[], Any]) -> None:
-        log(f"{len(load) + 1}/6 {title} ...")
+        log(f"{len(load) + 1}/8 {title} ...")
         meter = LoadMeter()
         res[key] = fn()
         load[key] = meter.read()
@@ -1037,6 +1301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         run("cancel", "cancel latency", lambda: bench_cancel(*common))
         run("cpu", f"CPU while waiting ({cfg.cpu_native_s:g} s native)", lambda: bench_cpu(*common))
         run("many", f"{cfg.many_n} waiters at once", many)
+        run("handoff_async", "asyncio handoff latency", lambda: bench_handoff_async(cfg, path))
+        run("cancel_async", "asyncio cancel latency", lambda: bench_cancel_async(cfg, path))
     finally:
         tf_native.close()
         tf_poll.close()
