@@ -80,6 +80,29 @@ def test_worker_pool_cancelled_by_one_context() -> None:
     assert out.rstrip().endswith("OK")
 
 
+def test_async_service_never_blocks_its_loop() -> None:
+    """Async jobs: the loop never stalls, a handoff, a timeout, prompt cancels, no lock left."""
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / "async_service.py")],
+        capture_output=True, text=True, timeout=60, cwd="/",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    gap = re.search(r"the loop ticked (\d+) times; largest gap ([\d.]+) ms", out)
+    assert gap is not None and int(gap.group(1)) > 50 and float(gap.group(2)) < 100, out
+    handoff = re.search(r"\[report\] got the lock ([\d.]+) ms after the other one let go", out)
+    assert handoff is not None and float(handoff.group(1)) < 100, out
+    assert "[refresh] gave up: timed out after 0." in out
+    assert "s waiting for exclusive lock on" in out
+    assert "cancelling 2 jobs waiting for the lock" in out
+    assert out.count("cancelled while waiting for the lock") == 2
+    ended = re.findall(r"\[service\] reindex-[ab] ended ([\d.]+) ms after task.cancel\(\)", out)
+    assert len(ended) == 2 and all(float(ms) < 100 for ms in ended), out
+    assert "[report] done" in out
+    assert "lock free after shutdown (non-blocking flock): True" in out
+    assert out.rstrip().endswith("OK")
+
+
 def test_cron_job_never_overlaps(tmp_path: Path) -> None:
     """The cron job: a run started while another is going skips its turn (status 0)
     and names the holder; a run after it finishes does the work."""
