@@ -59,6 +59,30 @@ def test_timeout_in_worker_thread(lock_path: str, holders: Holders, timeout: flo
     tf.close()
 
 
+def test_waited_counts_from_the_call(lock_path: str, holders: Holders) -> None:
+    """LockTimeout.waited is never less than the timeout, nor more than really passed,
+    even while another thread keeps the interpreter busy."""
+    hold(holders, lock_path)
+    stop = threading.Event()
+
+    def spin() -> None:
+        while not stop.is_set():
+            sum(range(1000))
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    try:
+        with TouchFile(lock_path) as tf:
+            for _ in range(20):
+                t0 = time.monotonic()
+                with pytest.raises(LockTimeout) as err:
+                    tf.acquire(timeout=0.02)
+                assert 0.02 <= err.value.waited <= time.monotonic() - t0
+    finally:
+        stop.set()
+        spinner.join()
+
+
 def test_timeout_message(lock_path: str, holders: Holders) -> None:
     """The error names the path, the kind and how long it waited."""
     hold(holders, lock_path)

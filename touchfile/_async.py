@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import _thread
 import asyncio
-import math
 import os
 import queue
 import threading
@@ -99,7 +98,8 @@ async def acquire(
     from ._lock import _op_of
 
     op = _op_of(kind)
-    deadline = math.inf if timeout is None and ctx is None else tf._deadline(kind, timeout, ctx)
+    start = time.monotonic()  # one reading: for the deadline, and the errors' waited
+    deadline = tf._deadline(kind, timeout, ctx, start)
     task = asyncio.current_task()
     if task is None:
         raise RuntimeError("acquire_async() must be awaited in an asyncio task")
@@ -116,7 +116,7 @@ async def acquire(
         tf._put_back(handle)
         raise
     if rc != OK:
-        await _wait_in_thread(tf, handle, op, kind, deadline, ctx, rc)
+        await _wait_in_thread(tf, handle, op, kind, deadline, ctx, rc, start)
     tf._held[task] = handle
     if tf._closed:
         if tf._held.pop(task, None) is handle:
@@ -133,9 +133,9 @@ async def _wait_in_thread(
     deadline: float,
     ctx: Context | None,
     rc: int,
+    start: float,
 ) -> None:
     """Wait in a thread until handle holds the lock; raise as acquire() would."""
-    start = time.monotonic()
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
     stop = Context.with_cancel(parent=ctx)  # cancelled with the task

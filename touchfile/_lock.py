@@ -203,10 +203,12 @@ class TouchFile:
         this thread, or closed).
         """
         op = _op_of(kind)
+        start: float | None = None
         if timeout is None and ctx is None:
             deadline = math.inf
         else:
-            deadline = self._deadline(kind, timeout, ctx)
+            start = _monotonic()  # one reading: for the deadline, and the errors' waited
+            deadline = self._deadline(kind, timeout, ctx, start)
         me = self._owner() if self._async else _get_ident()
         if self._closed or me in self._held:
             raise self._misuse(me)
@@ -219,7 +221,7 @@ class TouchFile:
                 handle = self._new_handle()
             rc = self._try(handle.fd, op, self._bpath, handle.dev, handle.ino)
             if rc != OK:
-                self._wait(handle, op, kind, deadline, ctx, rc)
+                self._wait(handle, op, kind, deadline, ctx, rc, start)
         except BaseException:
             if handle is not None:
                 # An exception (KeyboardInterrupt, say) may land after the
@@ -286,18 +288,19 @@ class TouchFile:
                 return task
         return _get_ident()
 
-    def _deadline(self, kind: object, timeout: object, ctx: Context | None) -> float:
+    def _deadline(self, kind: object, timeout: object, ctx: Context | None, now: float) -> float:
+        """The wait's absolute deadline, for a call made at ``now``."""
         deadline = math.inf
         seconds = check_timeout(timeout)
         if seconds != math.inf:
-            deadline = _monotonic() + seconds
+            deadline = now + seconds
         if ctx is not None:
             if not isinstance(ctx, Context):
                 raise TypeError(f"ctx must be a Context or None, not {ctx!r}")
             # A context that is done fails at once, even when the lock is free.
             if ctx.cancelled:
                 raise LockCancelled(self.path, _kind(kind), 0.0)
-            if ctx.deadline <= _monotonic():
+            if ctx.deadline <= now:
                 raise LockTimeout(self.path, _kind(kind), 0.0)
             deadline = min(deadline, ctx.deadline)
         return deadline
