@@ -105,6 +105,7 @@ SAME_AS_FLOCK = [
     (["missing/L", "true"], 66),
     (["L", "no-such-command-touchfile"], 69),
     (["L", "./plain"], 69),
+    (["L", ""], 69),
     (["L", "./script", "5"], 5),
     ([], 64),
     (["L"], 64),
@@ -139,6 +140,7 @@ def test_exit_status_matches_flock(workdir: Path, args: list[str], status: int) 
         ["-w", "-1", "L", "true"],
         ["-w", "nan", "L", "true"],
         ["-E", "-1", "L", "true"],
+        ["-E", "1_0", "L", "true"],
         ["--holders"],
         ["--holders", "L", "true"],
         ["-c", "true", "L", "true"],
@@ -567,3 +569,136 @@ def test_holders_unknowable_without_proc(lock_path: str) -> None:
     assert proc.stderr == (
         "touchfile: who holds a lock cannot be known on this system: /proc/locks is not available\n"
     )
+
+
+# ---- the command's surroundings -------------------------------------------
+
+
+@needs_flock
+def test_command_starts_as_under_flock(tmp_path: Path) -> None:
+    """The command's ignored and blocked signals, and a new lock file's mode
+    (0666 less the umask), are those flock(1) gives."""
+    status = "grep -E '^Sig(Ign|Blk)' /proc/self/status"
+    theirs = run(["sh", "-c", f'umask 0; {FLOCK} {tmp_path / "A"} sh -c "{status}"'])
+    ours = run(["sh", "-c", f'umask 0; {TOUCHFILE} {tmp_path / "B"} sh -c "{status}"'])
+    assert ours.returncode == theirs.returncode == 0
+    # glibc's posix_spawn() leaves its internal signals (32 up to SIGRTMIN) ignored.
+    internal = sum(1 << (n - 1) for n in range(32, signal.SIGRTMIN))
+
+    def masks(out: str) -> dict[str, int]:
+        found = dict(line.split(":") for line in out.splitlines())
+        return {name: int(value, 16) & ~internal for name, value in found.items()}
+
+    assert masks(ours.stdout) == masks(theirs.stdout)
+    assert set(masks(ours.stdout)) == {"SigIgn", "SigBlk"}
+    assert (tmp_path / "A").stat().st_mode == (tmp_path / "B").stat().st_mode == 0o100666
+
+
+def test_ignored_sigchld_does_not_hang(lock_path: str) -> None:
+    """Started with SIGCHLD ignored, touchfile still learns the command's status."""
+    code = (
+        "import os, signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); "
+        "os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    proc = run([sys.executable, "-c", code, TOUCHFILE, lock_path, "-c", "exit 7"])
+    assert proc.returncode == 7
+
+
+def test_closed_stdout_never_becomes_the_lock_file(lock_path: str) -> None:
+    """With stdout closed, the command's output does not land in the lock file."""
+    proc = run(["sh", "-c", f"{TOUCHFILE} {lock_path} echo hello >&-"])
+    assert proc.returncode in (0, 1)  # echo may fail to write, as under flock(1)
+    assert os.path.getsize(lock_path) == 0
+
+
+def test_ignored_hangup_is_not_passed_on(
+    lock_path: str, procs: list[subprocess.Popen[str]]
+) -> None:
+    """A signal ignored when touchfile started is not passed on to the command."""
+    command = (
+        "import signal, sys, time; "
+        "signal.signal(signal.SIGHUP, lambda *a: print('got SIGHUP', flush=True)); "
+        "print('ready', flush=True); time.sleep(0.5)"
+    )
+    proc = start(
+        procs,
+        [
+            "sh",
+            "-c",
+            f"trap '' HUP; exec {TOUCHFILE} {lock_path} {sys.executable} -c \"{command}\"",
+        ],
+    )
+    assert read_line(proc) == "ready"
+    proc.send_signal(signal.SIGHUP)
+    out, _ = proc.communicate(timeout=10)
+    assert (proc.returncode, out) == (0, "")
+
+
+def test_repeated_stop_signals_print_no_traceback(
+    lock_path: str, holders: Holders, procs: list[subprocess.Popen[str]]
+) -> None:
+    """Two stop signals in quick succession while waiting: still 128+N, no traceback."""
+    hold(holders, lock_path)
+    for _ in range(10):
+        proc = start(procs, [TOUCHFILE, "-w", "5", lock_path, "true"])
+        time.sleep(0.15)
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+        assert proc.returncode in (128 + signal.SIGTERM, 128 + signal.SIGINT)
+        assert err == ""
+
+
+def test_stop_signal_after_grant_before_command(lock_path: str, tmp_path: Path) -> None:
+    """A stop signal that arrives after the lock is taken but before the command
+    starts: the command never runs (touchfile is held up writing -v output here)."""
+    marker = tmp_path / "ran"
+    Path(lock_path).touch()
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    try:  # fill the pipe, so that touchfile's first write to stderr blocks
+        while True:
+            os.write(write_end, b"x" * 65536)
+    except BlockingIOError:
+        pass
+    os.set_blocking(write_end, True)
+    proc = subprocess.Popen(
+        [TOUCHFILE, "-v", lock_path, "touch", str(marker)], stderr=write_end, cwd="/"
+    )
+    os.close(write_end)
+    try:
+        wait_until(lambda: not probe(lock_path))  # granted; blocked on its stderr
+        time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        with os.fdopen(read_end, "rb") as pipe:
+            err = pipe.read()  # unblocks it
+        assert proc.wait(timeout=10) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+    assert not marker.exists()
+    assert b"took the exclusive lock" in err
+
+
+def test_holders_omits_a_taker_that_passed_the_lock_on(
+    lock_path: str, procs: list[subprocess.Popen[str]]
+) -> None:
+    """A process that took the lock, passed it to a child and closed its copy holds
+    nothing; the child is the holder."""
+    code = f"""
+import fcntl, os, subprocess, sys
+fd = os.open({lock_path!r}, os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+child = subprocess.Popen(["sleep", "30"], pass_fds=[fd])
+os.close(fd)
+print(child.pid, flush=True)
+sys.stdin.readline()
+child.kill()
+child.wait()
+"""
+    taker = start(procs, [sys.executable, "-c", code])
+    child = int(read_line(taker))
+    with TouchFile(lock_path) as tf:
+        found = tf.holders()
+    assert [(h.pid, h.command) for h in found] == [(child, "sleep 30")]

@@ -76,6 +76,14 @@ examples:
   touchfile --holders /tmp/backup.lock
         list the processes holding a lock on the file (pid, kind, command)"""
 
+# Signals Python ignores, which the command gets with their default action.
+# (glibc's posix_spawn() leaves its own internal signals 32 and 33 ignored
+# in the command; Python cannot name them to reset them.)
+RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
+
+# How often -v on a terminal looks again for who holds the lock, in seconds.
+HOLDERS_EVERY = 2.0
+
 # Options that take a value, for finding where the options end.
 _VALUED_SHORT = "wEc"
 _VALUED_LONG = ("--wait", "--timeout", "--conflict-exit-code", "--command")
@@ -108,10 +116,7 @@ def _seconds(text: str) -> float:
 
 
 def _exit_code(text: str) -> int:
-    try:
-        code = int(text)
-    except ValueError:
-        code = -1
+    code = int(text) if text.isascii() and text.isdigit() else -1
     if not 0 <= code <= 255:
         raise argparse.ArgumentTypeError(f"invalid exit code {text!r}: expected 0 to 255")
     return code
@@ -205,18 +210,40 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     try:
+        ignored = _catch_stop_signals()
+    except KeyboardInterrupt:  # Ctrl-C before our handlers were in place
+        return 128 + signal.SIGINT
+    try:
+        _open_standard_descriptors()
         args = _parse(sys.argv[1:] if argv is None else argv)
+        if args.holders:
+            return _show_holders(args.lockfile)
+        return _run(args, ignored)
     except _UsageError as error:
         _say(f"{error} (see touchfile --help)")
         return EX_USAGE
-    if args.holders:
-        return _show_holders(args.lockfile)
-    return _run(args)
+    except _Stopped as stop:  # before the wait (opening the lock file, say)
+        return 128 + stop.signum
+
+
+def _open_standard_descriptors() -> None:
+    """Put /dev/null on a closed stdin, stdout or stderr, so that the lock
+    file's descriptor never takes their place (the command would write to
+    the lock file as its output)."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
 
 
 def _say(message: str) -> None:
-    sys.stderr.write(f"touchfile: {message}\n")
-    sys.stderr.flush()
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # stderr gone
+        sys.stderr.write(f"touchfile: {message}\n")
+        sys.stderr.flush()
 
 
 def _show_holders(path: str) -> int:
@@ -238,10 +265,13 @@ def _show_holders(path: str) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, ignored: set[int]) -> int:
     kind: LockType = args.kind
+    # With SIGCHLD ignored the kernel would reap the command itself, and its
+    # status would be lost (flock(1) resets it too).
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     try:
-        tf = TouchFile(args.lockfile)
+        tf = TouchFile(args.lockfile, mode=0o666)  # as flock(1): 0666 less the umask
     except OSError as error:
         _say(f"cannot open lock file {args.lockfile}: {error.strerror}")
         if error.errno in (errno.ENOMEM, errno.EMFILE, errno.ENFILE):
@@ -254,7 +284,6 @@ def _run(args: argparse.Namespace) -> int:
         return EX_CONFIG
     status = _Status(sys.stderr, tf.path, kind) if args.verbose else None
     watched = {*STOP_SIGNALS, signal.Signals.SIGCHLD}
-    _catch_stop_signals()
     start = time.monotonic()
     try:
         waited = _acquire(tf, kind, args.timeout, status)
@@ -265,6 +294,11 @@ def _run(args: argparse.Namespace) -> int:
         if status:
             status.end(f"took the {kind.value} lock on {tf.path} after {waited:.3f} s")
             _say(f"executing {shlex.join(args.argv)}")
+        # A stop signal blocked since the grant, Ctrl-C at the terminal say,
+        # came before the command existed: nothing may run.
+        pending = signal.sigpending() & set(STOP_SIGNALS) - ignored
+        if pending:
+            raise _Stopped(signal.sigwaitinfo(pending).si_signo)
         pid = _spawn(tf, args.argv, mask, inherit=not args.close)
     except _Stopped as stop:
         if status:
@@ -286,7 +320,7 @@ def _run(args: argparse.Namespace) -> int:
             status.end("")
         _say(f"cannot lock {tf.path}: {error.strerror}")
         return EX_OSERR
-    wait_status = _supervise(pid, watched)
+    wait_status = _supervise(pid, watched, ignored)
     if args.close:
         tf.close()
     # Otherwise touchfile exits without unlocking, as flock(1) does: the
@@ -296,16 +330,28 @@ def _run(args: argparse.Namespace) -> int:
     return 128 - code if code < 0 else code
 
 
-def _catch_stop_signals() -> None:
-    """While waiting, a stop signal raises _Stopped (signals ignored when
-    touchfile started, as under nohup, stay ignored)."""
+def _catch_stop_signals() -> set[int]:
+    """Until the command runs, a stop signal raises _Stopped. Signals ignored
+    when touchfile started (as under nohup) stay ignored; returns them."""
+
+    stopping: list[int] = []
 
     def stop(signum: int, frame: Any) -> None:
-        raise _Stopped(signum)
+        # One is enough: later ones wait blocked, and die with the process.
+        # A second signal that came with the first must not raise again: it
+        # would land in the cleanup of the first (a lock's release, say).
+        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        if not stopping:
+            stopping.append(signum)
+            raise _Stopped(signum)
 
+    ignored = set()
     for signum in STOP_SIGNALS:
-        if signal.getsignal(signum) != signal.SIG_IGN:
+        if signal.getsignal(signum) == signal.SIG_IGN:
+            ignored.add(int(signum))
+        else:
             signal.signal(signum, stop)
+    return ignored
 
 
 def _acquire(tf: TouchFile, kind: LockType, timeout: float | None, status: _Status | None) -> float:
@@ -321,6 +367,8 @@ def _acquire(tf: TouchFile, kind: LockType, timeout: float | None, status: _Stat
         return time.monotonic() - start
     deadline = math.inf if timeout is None else start + timeout
     report_at = start + 1.0
+    found: list[LockHolder] | None = None
+    found_at = -math.inf
     while True:
         try:
             tf.acquire(kind, max(0.0, min(deadline, report_at) - time.monotonic()))
@@ -328,7 +376,11 @@ def _acquire(tf: TouchFile, kind: LockType, timeout: float | None, status: _Stat
         except LockError:
             if time.monotonic() >= deadline:
                 raise
-        status.waiting(time.monotonic() - start, _holders_or_none(tf))
+        if found_at + HOLDERS_EVERY <= time.monotonic():
+            # Looking through /proc takes a while on a busy machine (80 ms
+            # with 12,000 descriptors), so holders are refreshed less often.
+            found, found_at = _holders_or_none(tf), time.monotonic()
+        status.waiting(time.monotonic() - start, found)
         report_at = time.monotonic() + 0.5 if status.tty else math.inf
 
 
@@ -359,25 +411,29 @@ class _Status:
             who = f", held by {_describe(found[0])}"
         else:
             who = f", held by {len(found)} processes: " + "; ".join(map(_describe, found))
-        text = f"touchfile: waiting {elapsed:.1f} s to lock {self.path} ({self.kind.value}){who}"
+        path = _printable(self.path)
+        text = f"touchfile: waiting {elapsed:.1f} s to lock {path} ({self.kind.value}){who}"
         if self.tty:
             try:
                 width = os.get_terminal_size(self.stream.fileno()).columns or 80
             except OSError:
                 width = 80
-            self.stream.write("\r\x1b[K" + text[: max(width - 1, 20)])
+            self._write("\r\x1b[K" + text[: max(width - 1, 20)])
             self.showing = True
         else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
+            self._write(text + "\n")
 
     def end(self, message: str) -> None:
         if self.showing:
-            self.stream.write("\r\x1b[K")
+            self._write("\r\x1b[K")
             self.showing = False
         if message:
-            self.stream.write(f"touchfile: {message}\n")
-        self.stream.flush()
+            self._write(f"touchfile: {message}\n")
+
+    def _write(self, text: str) -> None:
+        with contextlib.suppress(OSError, ValueError):  # stderr gone: say nothing
+            self.stream.write(text)
+            self.stream.flush()
 
 
 def _describe(holder: LockHolder) -> str:
@@ -403,9 +459,11 @@ def _spawn(tf: TouchFile, argv: list[str], mask: Iterable[int], inherit: bool) -
             argv,
             os.environ,
             setsigmask=mask,  # the command starts with the mask touchfile had
-            setsigdef=(signal.SIGPIPE, signal.SIGXFSZ),  # which Python ignores
+            setsigdef=RESET_SIGNALS,
         )
 
+    if not argv[0]:
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv[0])
     try:
         try:
             return spawn(argv)
@@ -421,10 +479,12 @@ def _spawn(tf: TouchFile, argv: list[str], mask: Iterable[int], inherit: bool) -
         raise
 
 
-def _supervise(pid: int, watched: set[signal.Signals]) -> int:
+def _supervise(pid: int, watched: set[signal.Signals], ignored: set[int]) -> int:
     """Wait for the command, passing the stop signals on; returns its wait status."""
     while True:
         info = signal.sigwaitinfo(watched)
+        if info.si_signo in ignored:
+            continue  # ignored when touchfile started: the command ignores it too
         if info.si_signo != signal.SIGCHLD:
             # A signal the kernel sent to the foreground process group
             # (Ctrl-C at the terminal) reached the command already: sending

@@ -47,12 +47,13 @@ def holders(path: str | os.PathLike[str]) -> list[LockHolder]:
         takers = _parse_locks(f, key)
     if not takers:
         return []
-    found = _scan_descriptors(st.st_dev, st.st_ino, key)
+    found, unreadable = _scan_descriptors(st.st_dev, st.st_ino, key)
     for pid, kind in takers.items():
         # A taker whose descriptors we could not read (another user's
-        # process) still holds the lock if it is alive.
-        if pid not in found and os.path.exists(os.path.join(_PROC, str(pid))):
-            found[pid] = kind
+        # process) is taken at its word; one we could read, and that has
+        # no descriptor of the lock, passed it on and holds nothing.
+        if pid in unreadable:
+            found.setdefault(pid, kind)
     if not found:
         # The takers have exited and whoever inherited the lock is out of
         # our sight: name the takers rather than call the lock free.
@@ -81,16 +82,21 @@ def _parse_locks(lines: Iterable[str], key: str) -> dict[int, LockType]:
     return locks
 
 
-def _scan_descriptors(dev: int, ino: int, key: str) -> dict[int, LockType]:
-    """pid -> kind for every process with a locked description of the file open."""
+def _scan_descriptors(dev: int, ino: int, key: str) -> tuple[dict[int, LockType], set[int]]:
+    """(pid -> kind for every process with a locked description of the file
+    open, the pids whose descriptors could not be read)."""
     found: dict[int, LockType] = {}
+    unreadable: set[int] = set()
     for entry in os.listdir(_PROC):
         if not entry.isdigit():
             continue
         fd_dir = os.path.join(_PROC, entry, "fd")
         try:
             fds = os.listdir(fd_dir)
-        except OSError:  # exited, or not ours to read
+        except PermissionError:  # another user's process
+            unreadable.add(int(entry))
+            continue
+        except OSError:  # exited
             continue
         for fd in fds:
             try:
@@ -103,7 +109,7 @@ def _scan_descriptors(dev: int, ino: int, key: str) -> dict[int, LockType]:
                 continue
             if locks:
                 found[int(entry)] = next(iter(locks.values()))
-    return found
+    return found, unreadable
 
 
 def _command(pid: int) -> str | None:
