@@ -21,11 +21,9 @@ import os
 import queue
 import threading
 import time
-from types import TracebackType
 from typing import TYPE_CHECKING, Callable
 
 from ._context import Context
-from ._errors import LockError
 from ._native import OK
 
 if TYPE_CHECKING:
@@ -119,10 +117,7 @@ async def acquire(
         await _wait_in_thread(tf, handle, op, kind, deadline, ctx, rc, start)
     tf._held[task] = handle
     if tf._closed:
-        if tf._held.pop(task, None) is handle:
-            handle.unlock()
-            handle.close()
-        raise LockError(f"{tf.path} was closed while the lock was being taken", tf.path)
+        raise tf._closed_while_taking(task, handle)
 
 
 async def _wait_in_thread(
@@ -187,26 +182,3 @@ def _give_back(tf: TouchFile, handle: _Handle, error: BaseException | None) -> N
     if error is None:
         handle.unlock()
     tf._put_back(handle)
-
-
-class AsyncGuard:
-    """What tf.lock_async() returns: acquires on enter, releases on exit."""
-
-    __slots__ = ("_ctx", "_kind", "_tf", "_timeout")
-
-    def __init__(
-        self, tf: TouchFile, kind: LockType | str, timeout: float | None, ctx: Context | None
-    ) -> None:
-        self._tf, self._kind, self._timeout, self._ctx = tf, kind, timeout, ctx
-
-    async def __aenter__(self) -> TouchFile:
-        await self._tf.acquire_async(self._kind, timeout=self._timeout, ctx=self._ctx)
-        return self._tf
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._tf.release()

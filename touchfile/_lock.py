@@ -29,7 +29,6 @@ from ._native import BUSY, CANCELLED, CLOSED, DEADLINE, INTERRUPTED, OK, STALE
 from ._wait import Wait, py_try_lock
 
 if TYPE_CHECKING:
-    from ._async import AsyncGuard
     from ._holders import LockHolder
 
 T = TypeVar("T")
@@ -236,10 +235,7 @@ class TouchFile:
         # the entry first unlocks it).
         self._held[me] = handle
         if self._closed:
-            if self._held.pop(me, None) is handle:
-                handle.unlock()
-                handle.close()
-            raise LockError(f"{self.path} was closed while the lock was being taken", self.path)
+            raise self._closed_while_taking(me, handle)
 
     def release(self) -> None:
         """Give back the lock this thread holds; LockError if it holds none."""
@@ -393,6 +389,13 @@ class TouchFile:
             except IndexError:
                 return
 
+    def _closed_while_taking(self, me: object, handle: _Handle) -> LockError:
+        """close() came as me took the lock through handle: undo, and say so."""
+        if self._held.pop(me, None) is handle:
+            handle.unlock()
+            handle.close()
+        return LockError(f"{self.path} was closed while the lock was being taken", self.path)
+
     def _misuse(self, me: object) -> LockError:
         if self._closed:
             return LockError(f"{self.path} is closed", self.path)
@@ -464,12 +467,10 @@ class TouchFile:
         *,
         timeout: float | None = None,
         ctx: Context | None = None,
-    ) -> AsyncGuard:
+    ) -> _AsyncGuard:
         """``async with tf.lock_async(SHARED, timeout=5): ...``"""
-        from ._async import AsyncGuard
-
         _op_of(kind)
-        return AsyncGuard(self, kind, timeout, ctx)
+        return _AsyncGuard(self, kind, timeout, ctx)
 
     async def with_lock_async(
         self,
@@ -567,6 +568,24 @@ class _Guard:
         return self._tf
 
     def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._tf.release()
+
+
+class _AsyncGuard(_Guard):
+    """What tf.lock_async() returns: acquires on enter, releases on exit."""
+
+    __slots__ = ()
+
+    async def __aenter__(self) -> TouchFile:
+        await self._tf.acquire_async(self._kind, timeout=self._timeout, ctx=self._ctx)
+        return self._tf
+
+    async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
