@@ -184,3 +184,38 @@ def test_lock_is_visible_to_other_processes(lock_path: str, kind: str) -> None:
         assert run_python(code, lock_path).stdout.strip() == (
             "held" if kind == "exclusive" else "free"
         )
+
+
+_FORK_MID_CANCEL = r"""
+import os, signal, sys, threading, warnings
+import touchfile._context
+from touchfile import Context, TouchFile
+warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads, 3.12+
+taken, done = threading.Event(), threading.Event()
+def busy():  # a thread of the parent inside Context's bookkeeping at fork()
+    with touchfile._context._tree:
+        taken.set()
+        done.wait()
+thread = threading.Thread(target=busy)
+thread.start()
+taken.wait()
+pid = os.fork()
+if pid == 0:
+    signal.alarm(5)  # a deadlock dies of SIGALRM
+    ctx = Context.with_cancel(parent=Context.with_timeout(5))
+    with TouchFile(sys.argv[1]) as tf, tf.lock(ctx=ctx):
+        pass
+    ctx.cancel()
+    os._exit(0)
+done.set()
+thread.join()
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+
+
+def test_contexts_work_in_a_child_forked_mid_cancel(lock_path: str) -> None:
+    """A child forked while another thread was inside Context's bookkeeping
+    can still make, use and cancel Contexts: it does not deadlock."""
+    result = run_python(_FORK_MID_CANCEL, lock_path)
+    assert result.stdout.split() == ["0"], result.stderr

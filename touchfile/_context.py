@@ -9,6 +9,7 @@ Waits attach themselves while they block, so cancel() ends them at once.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 import weakref
@@ -19,6 +20,16 @@ from ._native import CANCELLED
 # Guards the tree: cancel flags, children and attached waits. Held briefly,
 # never while calling out.
 _tree = threading.Lock()
+
+
+def _reset_after_fork() -> None:
+    # A thread of the parent may have held it at fork(); that thread does not
+    # exist in the child, so the copy would stay locked for ever.
+    global _tree
+    _tree = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_reset_after_fork)
 
 
 class _Cancellable(Protocol):
