@@ -323,7 +323,12 @@ class Report:
     workers_finished: int = 0
     overshoot: list[float] = field(default_factory=list)  # timeouts, seconds past due
     cancel_latency: list[float] = field(default_factory=list)
+    stalls: list[tuple[float, float]] = field(default_factory=list)  # (when, how long)
     violations: list[str] = field(default_factory=list)
+
+    def stall_near(self, t0: float, t1: float) -> float:
+        """The longest machine stall seen between t0 and t1 (seconds)."""
+        return max((d for t, d in self.stalls if t0 - 1 <= t <= t1 + 1), default=0.0)
 
     def figures(self) -> str:
         def ms(values: list[float]) -> str:
@@ -353,6 +358,10 @@ class Report:
             ),
             ("timeout overshoot", ms(self.overshoot)),
             ("cancel latency", ms(self.cancel_latency)),
+            (
+                "machine stalls (a 1 ms sleeper late by over 20 ms)",
+                f"{len(self.stalls)}, longest {self.stall_near(-math.inf, math.inf) * 1e3:.0f} ms",
+            ),
             ("invariant violations", str(len(self.violations))),
         ]
         width = max(len(name) for name, _ in rows)
@@ -417,8 +426,21 @@ class _Orchestrator:
         _record(self.ledger, "P", pid, t0, _now())
         self.report.pauses += 1
 
+    def canary(self, stop: threading.Event) -> None:
+        """Notes when the machine itself fails to wake a sleeping thread on time:
+        context for a late wait, which the same stall may have delayed."""
+        while not stop.is_set():
+            t = time.monotonic()
+            time.sleep(0.001)
+            late = time.monotonic() - t - 0.001
+            if late > 0.02:
+                self.report.stalls.append((t, late))
+
     def run(self) -> Report:
         begun = time.monotonic()
+        stop = threading.Event()
+        canary = threading.Thread(target=self.canary, args=(stop,), daemon=True)
+        canary.start()
         for _ in range(self.workers):
             self.spawn()
         while True:
@@ -445,6 +467,8 @@ class _Orchestrator:
             if code != 0:
                 self.report.violations.append(f"worker {pid} exited with {code}")
         self.report.seconds = time.monotonic() - begun
+        stop.set()
+        canary.join()
         self.wait_for_forked_children()
         self.check()
         return self.report
@@ -531,7 +555,8 @@ class _Orchestrator:
             if t1 - t_due > BOUND and not excused:
                 report.violations.append(
                     f"process {pid}: {outcome} wait ended {(t1 - t_due) * 1e3:.1f} ms after its "
-                    "deadline or cancel"
+                    f"deadline or cancel (longest machine stall near then: "
+                    f"{report.stall_near(t0, t1) * 1e3:.0f} ms)"
                 )
         if report.workers_finished != self.workers:
             report.violations.append(
