@@ -44,7 +44,10 @@ def check_timeout(timeout: object) -> float:
         raise TypeError(f"timeout must be a number of seconds or None, not {timeout!r}")
     if timeout != timeout or timeout < 0:  # NaN, negative
         raise ValueError(f"timeout must be >= 0 seconds or None, not {timeout!r}")
-    return float(timeout)
+    try:
+        return float(timeout)
+    except OverflowError:  # an int beyond float's range: longer than any wait
+        return math.inf
 
 
 def deadline_of(timeout: object) -> float:
@@ -70,7 +73,10 @@ class Context:
             raise ValueError("deadline must not be NaN")
         if parent is not None and not isinstance(parent, Context):
             raise TypeError(f"parent must be a Context or None, not {parent!r}")
-        self._deadline = float(deadline)
+        try:
+            self._deadline = float(deadline)
+        except OverflowError:  # an int beyond float's range
+            self._deadline = math.inf if deadline > 0 else -math.inf
         self._cancelled = False
         self._children: weakref.WeakSet[Context] = weakref.WeakSet()
         self._waits: set[_Cancellable] = set()

@@ -86,7 +86,9 @@ class _Handle:
     def open(self, path: str, mode: int) -> None:
         # O_CLOEXEC: a program exec'd while we hold the lock must not inherit
         # it, so that the lock dies with its holder. Never O_TRUNC.
-        flags = os.O_CLOEXEC | os.O_NOCTTY
+        # O_NONBLOCK: opening a FIFO read-only would otherwise wait for a
+        # writer for ever (flock() itself ignores it; cleared below).
+        flags = os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | flags, mode)
         except OSError as error:
@@ -94,8 +96,17 @@ class _Handle:
             # file system, or someone else's 0644 lock file all lock read-only.
             try:
                 fd = os.open(path, os.O_RDONLY | flags)
-            except OSError:
-                raise error from None
+            except FileNotFoundError:
+                raise error from None  # why it could not be created (EACCES, EROFS, ...)
+            except OSError as second:
+                # It exists: the read-only open says why it cannot be used
+                # (EACCES on an unreadable directory, not the first try's EISDIR).
+                raise second from None
+        try:
+            os.set_blocking(fd, True)  # the command inherits it as flock(1) gives it
+        except OSError:
+            os.close(fd)
+            raise
         st = os.fstat(fd)
         self.fd, self.dev, self.ino = fd, st.st_dev, st.st_ino
 
@@ -160,7 +171,18 @@ class TouchFile:
         self._native = _use_native()
         self._temporary = path is None
         if path is None:
-            fd, path = tempfile.mkstemp(prefix="touchfile-", suffix=".lock")
+            try:
+                fd, path = tempfile.mkstemp(prefix="touchfile-", suffix=".lock")
+            except FileNotFoundError as error:
+                # tempfile's first search for a directory reports any failure,
+                # EMFILE included, as "No usable temporary directory found".
+                try:
+                    os.close(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+                except OSError as cause:
+                    raise OSError(
+                        cause.errno, f"cannot create a temporary lock file: {cause.strerror}"
+                    ) from error
+                raise
             os.close(fd)
         self.path: str = os.path.abspath(os.fspath(path))
         self._bpath = os.fsencode(self.path)
@@ -318,6 +340,7 @@ class TouchFile:
         if start is None:
             start = _monotonic()
         wait: Wait | None = None
+        reopened = False
         try:
             while rc != OK:
                 if rc == STALE:  # the path names another file now: lock that one
@@ -325,9 +348,12 @@ class TouchFile:
                         rc = CLOSED  # and never recreate a closed temporary file
                     elif wait is not None and wait.reason:
                         rc = wait.reason
-                    elif deadline <= _monotonic():
-                        rc = DEADLINE
+                    elif reopened and deadline <= _monotonic():
+                        rc = DEADLINE  # replaced again and again: not for ever
                     else:
+                        # Even past the deadline, once: a try is not a wait, and
+                        # the file at the path may well be free.
+                        reopened = True
                         handle.reopen(self.path, self._mode)
                         rc = self._try(handle.fd, op, self._bpath, handle.dev, handle.ino)
                     continue
