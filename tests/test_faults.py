@@ -91,11 +91,6 @@ def test_deleted_while_waited_on(lock_path: str, holders: Holders) -> None:
     tf.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: the STALE branch of TouchFile._wait checks the deadline before "
-    "reopening, so timeout=0 never reaches the new file and the pooled handle stays stale",
-)
 @pytest.mark.parametrize("how", ["deleted", "replaced"])
 def test_try_after_deleted_or_replaced(lock_path: str, how: str) -> None:
     """timeout=0 (one try) after the lock file was deleted or replaced between
@@ -181,11 +176,6 @@ except BlockingIOError:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: _Handle.open falls back to a blocking O_RDONLY open, which on a "
-    "FIFO waits for a writer for ever: TouchFile() hangs",
-)
 def test_read_only_fifo_does_not_hang(tmp_path: Path) -> None:
     """A FIFO the user may only read (someone else's, 0444) is locked read-only at
     once, as a read-only file is: TouchFile() never blocks waiting for a writer."""
@@ -273,11 +263,6 @@ def test_no_permission_unprivileged(tmp_path: Path) -> None:
     assert not (shut / "new.lock").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: _Handle.open re-raises the O_RDWR open's EISDIR, not the "
-    "read-only open's EACCES (flock(1) says 'Permission denied')",
-)
 def test_unreadable_directory_unprivileged(tmp_path: Path) -> None:
     """A directory the user may not read (0311, someone else's) is PermissionError,
     not a misleading IsADirectoryError (directories are valid lock files)."""
@@ -416,11 +401,6 @@ except OSError as error:
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: tempfile's first search for a temporary directory reports EMFILE "
-    "as FileNotFoundError('No usable temporary directory found'); TouchFile() passes it on",
-)
 def test_too_many_open_files_temporary() -> None:
     """TouchFile() (a temporary lock file) out of descriptors says EMFILE, not a
     misleading 'no usable temporary directory'."""
@@ -631,14 +611,7 @@ HUGE = [
     sys.float_info.max,
     math.inf,
     10**20,
-    pytest.param(
-        10**400,
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="defect: check_timeout() calls float(timeout): "
-            "OverflowError('int too large to convert to float')",
-        ),
-    ),
+    10**400,
 ]
 
 
