@@ -257,6 +257,12 @@ static int ensure_scheduler(void)
 
     sigset_t all, old;
     sigfillset(&all);
+    /* Not the synchronous ones: a fault in the scheduler must reach its
+     * handler (faulthandler, a sanitizer), not kill the process silently. */
+    sigdelset(&all, SIGSEGV);
+    sigdelset(&all, SIGBUS);
+    sigdelset(&all, SIGFPE);
+    sigdelset(&all, SIGILL);
     pthread_sigmask(SIG_SETMASK, &all, &old);
     pthread_t tid;
     int rc = pthread_create(&tid, NULL, scheduler_main, NULL);
