@@ -176,17 +176,15 @@ class _Worker:
         tf = self.tfs[f]
         exclusive = rng.random() < 0.5
         r = rng.random()
-        timeout = (
-            0.0
-            if r < 0.1
-            else rng.uniform(0, 0.001)
-            if r < 0.3
-            else rng.uniform(0.001, 0.02)
-            if r < 0.6
-            else rng.uniform(0.02, 0.2)
-            if r < 0.8
-            else None
-        )
+        timeout: float | None = None  # 20 %: no timeout
+        if r < 0.1:
+            timeout = 0.0
+        elif r < 0.3:
+            timeout = rng.uniform(0, 0.001)
+        elif r < 0.6:
+            timeout = rng.uniform(0.001, 0.02)
+        elif r < 0.8:
+            timeout = rng.uniform(0.02, 0.2)
         ctx = Context.with_cancel() if rng.random() < 0.25 else None
         if ctx is not None:
             with self.canceller.mutex:

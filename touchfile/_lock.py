@@ -86,27 +86,27 @@ class _Handle:
     def open(self, path: str, mode: int) -> None:
         # O_CLOEXEC: a program exec'd while we hold the lock must not inherit
         # it, so that the lock dies with its holder. Never O_TRUNC.
-        # O_NONBLOCK: opening a FIFO read-only would otherwise wait for a
-        # writer for ever (flock() itself ignores it; cleared below).
-        flags = os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
+        flags = os.O_CLOEXEC | os.O_NOCTTY
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | flags, mode)
         except OSError as error:
             # flock() needs no write access: a directory, a read-only file or
             # file system, or someone else's 0644 lock file all lock read-only.
+            # O_NONBLOCK: a FIFO opened read-only would wait for a writer for
+            # ever (read-write never does); cleared at once, flock() ignores it.
             try:
-                fd = os.open(path, os.O_RDONLY | flags)
+                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | flags)
             except FileNotFoundError:
                 raise error from None  # why it could not be created (EACCES, EROFS, ...)
             except OSError as second:
                 # It exists: the read-only open says why it cannot be used
                 # (EACCES on an unreadable directory, not the first try's EISDIR).
                 raise second from None
-        try:
-            os.set_blocking(fd, True)  # the command inherits it as flock(1) gives it
-        except OSError:
-            os.close(fd)
-            raise
+            try:
+                os.set_blocking(fd, True)  # as a command that inherits it expects
+            except OSError:
+                os.close(fd)
+                raise
         st = os.fstat(fd)
         self.fd, self.dev, self.ino = fd, st.st_dev, st.st_ino
 
