@@ -1,0 +1,320 @@
+"""What a run prints and writes: Markdown tables, raw JSON, PNG plots."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+from benchmarks.contenders import BY_KEY
+from benchmarks.stats import Series, fmt_rate, fmt_ratio, fmt_time
+
+Results = dict[str, dict[str, dict[str, Series]]]  # figure -> case -> contender -> samples
+
+TITLES = {
+    "uncontended": "1. Uncontended acquire+release, same file, same process (per op)",
+    "handoff": "2. Handoff: a holder in another process releases -> our blocked waiter holds",
+    "overshoot": "3. Deadline overshoot, waiter in a worker thread",
+    "cancel": "4. Cancel latency: cancel() -> the waiter's acquire returns",
+    "cpu": "5. CPU burned per second of waiting (whole process)",
+    "throughput": "6. Contention: N processes take one exclusive lock back to back",
+    "readers_writer": "7. Readers/writer: 8 shared readers, 1 writer; the writer's wait",
+    "many_waiters": "8. Deadline accuracy with many waiting threads (lateness)",
+    "command_line": "9. Command line, lock free: wall time per run",
+    "asyncio handoff": "2a. asyncio handoff: a task awaits the lock another process releases",
+    "asyncio cancel": "4a. asyncio cancel: task.cancel() -> the task's except CancelledError",
+}
+CLI_LABELS = {
+    "native": "`touchfile -w 1 L -- true`",
+    "floor": "`flock -w 1 L true` (util-linux)",
+    "python": "`python -c pass` (interpreter start)",
+}
+ASYNC_LABELS = {"filelock": "filelock's AsyncFileLock"}
+COLORS = {
+    "native": "tab:blue",
+    "polling": "tab:cyan",
+    "floor": "black",
+    "filelock": "tab:red",
+    "filelock_1ms": "tab:orange",
+    "portalocker": "tab:brown",
+    "fasteners": "tab:purple",
+}
+
+
+def label(figure: str, key: str, series: Series | None = None) -> str:
+    if figure == "command_line":
+        return CLI_LABELS.get(key, key)
+    if figure.startswith("asyncio") and key in ASYNC_LABELS:
+        return ASYNC_LABELS[key]
+    if series is not None and series.extra.get("floor") == "time.sleep":
+        return "floor: `time.sleep()`"
+    return BY_KEY[key].label if key in BY_KEY else key
+
+
+def _cpu(x: float) -> str:
+    return "—" if math.isnan(x) else f"{x * 1000:.3g} ms/s"
+
+
+def _share(x: float) -> str:
+    return f"{x * 100:.1f}%"
+
+
+def _notes(s: Series) -> str:
+    notes = []
+    if s.errors:
+        kinds = sorted(set(s.errors))
+        notes.append(f"**{len(s.errors)} ERROR(S)**: " + "; ".join(kinds[:2]))
+    for k, text in (
+        ("dropped_not_blocked", "round(s) dropped (waiter maybe not blocked yet)"),
+        ("later_than_5ms", "later than 5 ms"),
+    ):
+        if s.extra.get(k):
+            notes.append(f"{s.extra[k]} {text}")
+    if "starved" in s.extra:
+        notes.append(f"{s.extra['starved']} of {s.extra['tries']} tries starved")
+    return "; ".join(notes)
+
+
+Column = tuple[str, Callable[[Series], str]]
+
+
+def _columns(figure: str) -> list[Column]:
+    time_cols: list[Column] = [
+        ("median", lambda s: fmt_time(s.median)),
+        ("p99", lambda s: fmt_time(s.p99)),
+        ("n", lambda s: str(len(s.samples))),
+    ]
+    if figure == "uncontended":
+        return [*time_cols[:2], ("ops", lambda s: str(len(s.samples) * s.extra["ops_per_batch"]))]
+    if figure == "cpu":
+        return [("CPU per s waited", lambda s: _cpu(s.median))]
+    if figure == "throughput":
+        return [
+            ("acquisitions", lambda s: fmt_rate(s.median)),
+            ("handovers", lambda s: fmt_rate(s.extra["handovers_per_s"])),
+            ("min share", lambda s: _share(s.extra["min_share"])),
+            ("max share", lambda s: _share(s.extra["max_share"])),
+        ]
+    if figure == "readers_writer":
+        reads: Column = ("reader holds", lambda s: fmt_rate(s.extra["reads"] / s.extra["seconds"]))
+        return [*time_cols[:2], ("max", lambda s: fmt_time(s.max)), time_cols[2], reads]
+    if figure == "many_waiters":
+        return [*time_cols[:2], ("max", lambda s: fmt_time(s.max)), time_cols[2]]
+    return time_cols
+
+
+def figure_table(figure: str, cases: dict[str, dict[str, Series]]) -> list[str]:
+    """One figure's Markdown table: every contender, with its ratios to the floor and filelock."""
+    cols = _columns(figure)
+    multi = len(cases) > 1 or "" not in cases
+    head = (["case"] if multi else []) + ["contender"] + [c[0] for c in cols]
+    head += ["÷ floor", "÷ filelock", "notes"]
+    lines = [f"### {TITLES.get(figure, figure)}", "", "| " + " | ".join(head) + " |"]
+    lines.append("|" + "|".join("---" for _ in head) + "|")
+    for case, row in cases.items():
+        floor = row["floor"].median if "floor" in row else math.nan
+        fl = row["filelock"].median if "filelock" in row else math.nan
+        for key, s in row.items():
+            cells = ([case] if multi else []) + [label(figure, key, s)]
+            cells += [fn(s) for _, fn in cols]
+            cells += [fmt_ratio(s.median, floor), fmt_ratio(s.median, fl), _notes(s)]
+            lines.append("| " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
+# the summary: one row per headline figure, one column per contender -------------------------
+
+Pick = Callable[[Results, str], float]
+
+
+def _get(figure: str, case: str = "", what: str = "median") -> Pick:
+    def pick(res: Results, key: str) -> float:
+        s = res.get(figure, {}).get(case, {}).get(key)
+        if s is None:
+            return math.nan
+        return float(s.extra[what]) if what in s.extra else float(getattr(s, what))
+
+    return pick
+
+
+SUMMARY: list[tuple[str, Pick, Callable[[float], str]]] = [
+    ("1. uncontended acquire+release", _get("uncontended"), fmt_time),
+    ("2. handoff from another process, median", _get("handoff"), fmt_time),
+    ("2. handoff, p99", _get("handoff", what="p99"), fmt_time),
+    ("3. deadline overshoot p99, 1 ms timeout", _get("overshoot", "1 ms", "p99"), fmt_time),
+    ("3. deadline overshoot p99, 10 ms timeout", _get("overshoot", "10 ms", "p99"), fmt_time),
+    ("3. deadline overshoot p99, 100 ms timeout", _get("overshoot", "100 ms", "p99"), fmt_time),
+    ("4. cancel latency, median", _get("cancel"), fmt_time),
+    ("4. cancel latency, p99", _get("cancel", what="p99"), fmt_time),
+    ("5. CPU per second of waiting", _get("cpu"), _cpu),
+    ("6. acquisitions/s, 2 processes", _get("throughput", "N=2"), fmt_rate),
+    ("6. acquisitions/s, 16 processes", _get("throughput", "N=16"), fmt_rate),
+    ("6. smallest share of 16 processes", _get("throughput", "N=16", "min_share"), _share),
+    ("7. writer's wait beside 8 readers, median", _get("readers_writer"), fmt_time),
+    ("7. writer's wait, p99", _get("readers_writer", what="p99"), fmt_time),
+    ("8. lateness p99, 100 waiting threads", _get("many_waiters", "100 waiters", "p99"), fmt_time),
+    (
+        "8. lateness p99, 1000 waiting threads",
+        _get("many_waiters", "1000 waiters", "p99"),
+        fmt_time,
+    ),
+    ("9. command line, wall time per run", _get("command_line"), fmt_time),
+    ("2a. asyncio handoff, median", _get("asyncio handoff"), fmt_time),
+    ("4a. asyncio cancel, median", _get("asyncio cancel"), fmt_time),
+]
+
+
+def summary_table(res: Results, keys: list[str]) -> list[str]:
+    """Medians (or the named statistic) side by side; the last two columns are native's ratios."""
+    head = ["figure", *(label("", k) for k in keys), "native ÷ floor", "native ÷ filelock"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for title, pick, fmt in SUMMARY:
+        values = {k: pick(res, k) for k in keys}
+        if all(math.isnan(v) for v in values.values()):
+            continue
+        cells = [title, *(fmt(values[k]) for k in keys)]
+        cells += [fmt_ratio(values["native"], values.get("floor", math.nan))]
+        cells += [fmt_ratio(values["native"], values.get("filelock", math.nan))]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def markdown(res: Results, meta: dict[str, Any], keys: list[str], notes: list[str]) -> str:
+    lines = [
+        f"# touchfile benchmarks, {meta['date']}",
+        "",
+        f"{meta['cpu']}, {meta['cores']} cores; Linux {meta['kernel']}; Python {meta['python']}; "
+        + "; ".join(f"{name} {v}" for name, v in meta["versions"].items())
+        + f". `{meta['command']}`, {meta['runtime_s']:.0f} s.",
+        "",
+        "## Summary",
+        "",
+        "Medians unless a row says otherwise; ratios are of the values shown.",
+        "",
+        *summary_table(res, keys),
+        "",
+    ]
+    if notes:
+        lines += [*(f"- {n}" for n in notes), ""]
+    lines += ["## Every figure", ""]
+    for figure, cases in res.items():
+        lines += figure_table(figure, cases)
+    return "\n".join(lines)
+
+
+def to_json(res: Results, meta: dict[str, Any]) -> dict[str, Any]:
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and math.isnan(x):
+            return None  # strict JSON
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [clean(v) for v in x]
+        return x
+
+    figures = {
+        fig: {case: {k: s.to_json() for k, s in row.items()} for case, row in cases.items()}
+        for fig, cases in res.items()
+    }
+    return cast("dict[str, Any]", clean({"meta": meta, "figures": figures}))
+
+
+# plots ---------------------------------------------------------------------------------------
+
+
+def plots(res: Results, stem: Path, title: str) -> list[Path]:
+    """latency, throughput and waiters PNGs next to stem; [] when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    written = []
+
+    def style(fig: str, key: str, s: Series) -> dict[str, Any]:
+        sleep = s.extra.get("floor") == "time.sleep"
+        return {
+            "label": label(fig, key, s).replace("`", ""),
+            "color": COLORS.get(key, "grey"),
+            "linestyle": ":" if sleep else "-",
+            "linewidth": 2.2 if key == "native" else 1.4,
+        }
+
+    def ecdf(ax: Any, row: dict[str, Series], fig: str, what: str) -> None:
+        for key, s in row.items():
+            xs = sorted(x for x in s.samples if x > 0)
+            if xs:
+                ys = [(i + 1) / len(xs) for i in range(len(xs))]
+                ax.step([x * 1000 for x in xs], ys, where="post", **style(fig, key, s))
+        ax.set_xscale("log")
+        ax.set_xlabel(f"{what} (ms, log scale)")
+        ax.set_ylabel("fraction of samples at or below")
+        ax.grid(True, which="both", alpha=0.3)
+
+    panels = [
+        ("handoff", "", "handoff latency"),
+        ("overshoot", "10 ms", "deadline overshoot, 10 ms timeout"),
+        ("readers_writer", "", "writer's wait beside 8 readers"),
+    ]
+    panels = [p for p in panels if p[1] in res.get(p[0], {})]
+    if panels:
+        fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4.5), squeeze=False)
+        for ax, (name, case, what) in zip(axes[0], panels):
+            ecdf(ax, res[name][case], name, what)
+            ax.set_title(what)
+        legend: dict[str, Any] = {}
+        for ax in axes[0]:
+            for handle, text in zip(*ax.get_legend_handles_labels()):
+                legend.setdefault(text, handle)
+        fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=len(legend), fontsize=9)
+        fig.suptitle(title)
+        fig.tight_layout(rect=(0, 0.07, 1, 1))
+        written.append(_save(fig, stem, "latency"))
+
+    if "throughput" in res:
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+        cases = res["throughput"]
+        ns = [int(case.split("=")[1]) for case in cases]
+        for key, first in next(iter(cases.values())).items():
+            ax1.plot(ns, [cases[c][key].median for c in cases], marker="o", **style("", key, first))
+            ax2.plot(ns, [cases[c][key].extra["min_share"] * n for c, n in zip(cases, ns)],
+                     marker="o", **style("", key, first))  # fmt: skip
+        ax1.set(xscale="log", yscale="log", xlabel="processes", ylabel="acquisitions per second")
+        ax1.set_title("throughput")
+        ax2.set(xscale="log", xlabel="processes", ylabel="smallest share x N (1 = fair)")
+        ax2.set_title("fairness")
+        for ax in (ax1, ax2):
+            ax.set_xticks(ns, [str(n) for n in ns])
+            ax.grid(True, which="both", alpha=0.3)
+        ax1.legend(fontsize=8)
+        fig.suptitle(title)
+        fig.tight_layout()
+        written.append(_save(fig, stem, "throughput"))
+
+    if "many_waiters" in res:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        cases = res["many_waiters"]
+        ns = [int(case.split()[0]) for case in cases]
+        for key, first in next(iter(cases.values())).items():
+            p99 = [cases[c][key].p99 * 1000 for c in cases]
+            ax.plot(ns, p99, marker="o", **style("many_waiters", key, first))
+        ax.set(xscale="log", yscale="log", xlabel="threads waiting at once",
+               ylabel="lateness p99 (ms)")  # fmt: skip
+        ax.set_title("deadline overshoot vs waiters")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        written.append(_save(fig, stem, "waiters"))
+    return written
+
+
+def _save(fig: Any, stem: Path, name: str) -> Path:
+    import matplotlib.pyplot as plt
+
+    path = stem.with_name(f"{stem.name}-{name}.png")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
