@@ -59,9 +59,9 @@ FULL = Config(
     cancel_n=60,
     rounds=2,
     cpu_wait=1.0,
-    hammer_s=0.8,
+    hammer_s=0.4,
     rw_s=1.0,
-    rw_cap=1.0,
+    rw_cap=0.5,
     waiters=(1, 10, 100, 1000),
     cli_runs=20,
 )
@@ -83,6 +83,14 @@ QUICK = Config(
     cli_runs=3,
 )
 HAMMERS = (1, 2, 4, 8, 16)
+
+
+def _not_a_lock(path: str, rw: bool = False) -> Lock:
+    raise TypeError("time.sleep() is not a lock")
+
+
+# The floor of the deadline figures: time.sleep() to the same deadline.
+SLEEP = Contender("floor", "floor: time.sleep()", _not_a_lock, 0)
 READERS = 8
 
 
@@ -99,6 +107,10 @@ class Bench:
 
     def those(self, pick: Callable[[Contender], bool]) -> list[Contender]:
         return [c for c in self.contenders if pick(c)]
+
+    def shuffled(self, contenders: list[Contender]) -> list[Contender]:
+        """A new order for each round, so that no contender always runs first or last."""
+        return self.rng.sample(contenders, len(contenders))
 
     @contextmanager
     def held(self, keys: list[str]) -> Iterator[None]:
@@ -159,20 +171,20 @@ def handoff(b: Bench) -> Figure:
     """A worker holds, then releases 20 ms + jitter later; the time until our waiter holds.
 
     The jitter spans the contender's poll period, so that polling is not
-    phase-locked to the release. Rounds where the waiter may not have been
-    blocked yet are dropped.
+    phase-locked to the release. Contenders that poll every 50 ms or more take
+    fewer rounds, spread over the run. A first round (which starts
+    touchfile's scheduler thread, say) is not recorded; neither are rounds
+    where the waiter may not have been blocked yet.
     """
     holder = b.pool[0]
     locks = {c.key: c.make(b.path(c.key)) for c in b.contenders}
     out = {c.key: Series(extra={"dropped_not_blocked": 0}) for c in b.contenders}
-    rounds = {
-        c.key: b.cfg.handoff_rounds if c.poll < 0.05 else b.cfg.handoff_rounds_slow
-        for c in b.contenders
-    }
-    for rnd in range(max(rounds.values())):
-        for c in b.contenders:
-            if rnd >= rounds[c.key]:
-                continue
+    total = b.cfg.handoff_rounds
+    for rnd in range(-1, total):
+        for c in b.shuffled(b.contenders):
+            n = total if c.poll < 0.05 else b.cfg.handoff_rounds_slow
+            if rnd >= 0 and rnd * n // total == (rnd + 1) * n // total:
+                continue  # not this contender's round
             path, series, lock = b.path(c.key), out[c.key], locks[c.key]
             holder.call(workers.hold, c.key, path)
             holder.submit(
@@ -184,7 +196,9 @@ def handoff(b: Bench) -> Figure:
             if granted:
                 lock.release()
             t_release = holder.result()
-            if not granted:
+            if rnd < 0:
+                pass  # the warm-up
+            elif not granted:
                 series.errors.append("timed out after 30 s")
             elif t_release - t_call < 0.01:
                 series.extra["dropped_not_blocked"] += 1
@@ -239,9 +253,9 @@ def overshoot(b: Bench) -> Figure:
             case = out[f"{timeout * 1000:g} ms"] = {"floor": Series(extra={"floor": "time.sleep"})}
             case.update({c.key: Series() for c in timed})
             for _ in range(n):
-                _late_sample(None, timeout, case["floor"])
-                for c in timed:
-                    _late_sample(locks[c.key], timeout, case[c.key])
+                for c in b.shuffled([SLEEP, *timed]):
+                    lock = None if c is SLEEP else locks[c.key]
+                    _late_sample(lock, timeout, case[c.key])
     for lock in locks.values():
         lock.close()
     return out
@@ -255,14 +269,16 @@ def cancel(b: Bench) -> Figure:
 
     Latency runs from just before the cancel call to just after the waiter's
     acquire returned. Only contenders with a way to cancel a wait take part
-    (filelock's is a cancel_check callable it polls).
+    (filelock's is a cancel_check callable it polls); the delay before the
+    cancel spans the contender's poll period, so that its polling is not
+    phase-locked to the cancel. The first round is not recorded.
     """
     cancellable = b.those(lambda c: c.cancel)
     locks = {c.key: c.make(b.path(c.key)) for c in cancellable}
     out = {c.key: Series() for c in cancellable}
     with b.held([c.key for c in cancellable]):
-        for _ in range(b.cfg.cancel_n):
-            for c in cancellable:
+        for rnd in range(-1, b.cfg.cancel_n):
+            for c in b.shuffled(cancellable):
                 series, lock = out[c.key], locks[c.key]
                 token, fire = lock.canceller()
                 ready = threading.Event()
@@ -283,11 +299,13 @@ def cancel(b: Bench) -> Figure:
                 th = threading.Thread(target=run, daemon=True)
                 th.start()
                 ready.wait(10)
-                time.sleep(0.005 + b.rng.uniform(0, 0.002))
+                time.sleep(0.005 + b.rng.uniform(0, max(0.002, c.poll)))
                 t0 = time.monotonic()
                 fire()
                 th.join(35)
-                if th.is_alive() or not ended:
+                if rnd < 0:
+                    pass  # the warm-up
+                elif th.is_alive() or not ended:
                     series.errors.append("waiter still blocked 35 s after cancel (hang)")
                 elif ended[0][1]:
                     series.errors.append("acquired a lock another process holds")
@@ -309,7 +327,7 @@ def cpu(b: Bench) -> Figure:
     out = {c.key: Series(extra={"cpu_s": [], "wall_s": []}) for c in b.contenders}
     with b.held([c.key for c in b.contenders]):
         for _ in range(b.cfg.rounds):
-            for c in b.contenders:
+            for c in b.shuffled(b.contenders):
                 lock = c.make(b.path(c.key))
                 series = out[c.key]
                 gc.collect()
@@ -331,32 +349,35 @@ def cpu(b: Bench) -> Figure:
 def throughput(b: Bench) -> Figure:
     """N worker processes take and release one exclusive lock back to back for a fixed time.
 
-    Samples: acquisitions per second (one); extra: handovers per second (the
-    holder changed) and each process's share of the acquisitions.
+    Samples: acquisitions per second, one per round; extra: handovers per
+    second (the holder changed) and each process's share of the
+    acquisitions, over all rounds.
     """
     board = os.path.join(b.dir, "board")
     out: Figure = {}
     for n in HAMMERS:
-        case = out[f"N={n}"] = {}
-        for c in b.contenders:
-            with open(board, "wb") as f:
-                f.write(bytes(8))
-            start = time.monotonic() + 0.05
-            end = start + b.cfg.hammer_s
-            for i, w in enumerate(b.pool[:n]):
-                w.submit(workers.hammer, c.key, b.path(c.key), board, i + 1, start, end)
-            results = [w.result() for w in b.pool[:n]]
-            counts = [r[0] for r in results]
-            total = sum(counts)
-            shares = [x / total if total else 0.0 for x in counts]
-            case[c.key] = Series(
-                samples=[total / b.cfg.hammer_s],
-                extra={
-                    "counts": counts,
-                    "handovers_per_s": max(0, sum(r[1] for r in results) - 1) / b.cfg.hammer_s,
-                    "min_share": min(shares),
-                    "max_share": max(shares),
-                },
+        case = out[f"N={n}"] = {c.key: Series(extra={"counts": [0] * n}) for c in b.contenders}
+        handovers = dict.fromkeys(case, 0)
+        for _ in range(b.cfg.rounds):
+            for c in b.shuffled(b.contenders):
+                with open(board, "wb") as f:
+                    f.write(bytes(8))
+                start = time.monotonic() + 0.05
+                end = start + b.cfg.hammer_s
+                for i, w in enumerate(b.pool[:n]):
+                    w.submit(workers.hammer, c.key, b.path(c.key), board, i + 1, start, end)
+                results = [w.result() for w in b.pool[:n]]
+                series = case[c.key]
+                series.samples.append(sum(r[0] for r in results) / b.cfg.hammer_s)
+                series.extra["counts"] = [x + r[0] for x, r in zip(series.extra["counts"], results)]
+                handovers[c.key] += max(0, sum(r[1] for r in results) - 1)
+        for key, series in case.items():
+            counts = series.extra["counts"]
+            shares = [x / sum(counts) if sum(counts) else 0.0 for x in counts]
+            series.extra.update(
+                handovers_per_s=handovers[key] / (b.cfg.rounds * b.cfg.hammer_s),
+                min_share=min(shares),
+                max_share=max(shares),
             )
     return out
 
@@ -367,8 +388,9 @@ def throughput(b: Bench) -> Figure:
 def readers_writer(b: Bench) -> Figure:
     """8 reader processes (shared holds of 1 ms, 1 ms apart) and 1 writer process.
 
-    The writer tries every 10 ms, giving up after rw_cap seconds (starved);
-    samples are its waits. Readers flag their holds on a shared board, which
+    The writer tries every 10 ms, giving up after rw_cap seconds (starved),
+    for rw_s seconds; the readers go on until its last try ended. Samples are
+    its waits, starved ones included. Readers flag their holds on a shared board, which
     the writer checks while it holds. filelock's entry is its ReadWriteLock
     (SQLite); its FileLock has no shared mode.
     """
@@ -378,15 +400,15 @@ def readers_writer(b: Bench) -> Figure:
     }
     writer, readers = b.pool[0], b.pool[1 : 1 + READERS]
     board = os.path.join(b.dir, "flags")
-    with open(board, "wb") as f:
-        f.write(bytes(READERS))
     for _ in range(b.cfg.rounds):
-        for c in shared:
+        for c in b.shuffled(shared):
+            with open(board, "wb") as f:
+                f.write(bytes(READERS + 1))  # a byte per reader, and the writer's "done"
             path, series = b.path(c.key), out[c.key]
             start = time.monotonic() + 0.05
             end = start + b.cfg.rw_s
             for i, r in enumerate(readers):
-                r.submit(workers.reader, c.key, path, board, i, start, end, 0.001, 0.001)
+                r.submit(workers.reader, c.key, path, board, i, start, 0.001, 0.001)
             writer.submit(workers.writer, c.key, path, board, start, end, 0.001, 0.01, b.cfg.rw_cap)
             waits, overlaps = writer.result()
             series.extra["reads"] += sum(r.result() for r in readers)
@@ -415,10 +437,13 @@ def many_waiters(b: Bench) -> Figure:
     try:
         with b.held([c.key for c in timed]):
             for n in b.cfg.waiters:
-                case = out[f"{n} waiter{'s' if n > 1 else ''}"] = {}
-                for c in [None, *timed]:
-                    key = "floor" if c is None else c.key
-                    case[key] = _wait_together(None if c is None else c, b.path(key), n)
+                case: dict[str, Series] = {}
+                for c in b.shuffled([SLEEP, *timed]):
+                    lock = None if c is SLEEP else c
+                    case[c.key] = _wait_together(lock, b.path(c.key), n)
+                out[f"{n} waiter{'s' if n > 1 else ''}"] = {
+                    c.key: case[c.key] for c in [SLEEP, *timed]
+                }
     finally:
         threading.stack_size(old_stack)
     return out
@@ -486,10 +511,12 @@ def command_line(b: Bench) -> Figure:
     if flock:
         commands["floor"] = [flock, "-w", "1", path, "true"]
     out = {key: Series(extra={"command": " ".join(cmd)}) for key, cmd in commands.items()}
+    if "floor" in out:
+        out["floor"].extra["floor"] = "flock(1)"
     for _ in range(b.cfg.cli_runs + 1):  # the first round warms caches and is dropped
         for key, cmd in commands.items():
             t0 = time.perf_counter()
-            rc = subprocess.run(cmd, stdin=subprocess.DEVNULL, check=False).returncode
+            rc = subprocess.run(cmd, stdin=subprocess.DEVNULL, cwd=b.dir, check=False).returncode
             elapsed = time.perf_counter() - t0
             if rc:
                 out[key].errors.append(f"exit status {rc}")

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from benchmarks.contenders import BY_KEY
-from benchmarks.stats import Series, fmt_rate, fmt_ratio, fmt_time
+from benchmarks.stats import US, Series, fmt_rate, fmt_ratio, fmt_time
 
 Results = dict[str, dict[str, dict[str, Series]]]  # figure -> case -> contender -> samples
 
@@ -57,7 +57,7 @@ def _cpu(x: float) -> str:
 
 
 def _share(x: float) -> str:
-    return f"{x * 100:.1f}%"
+    return "—" if math.isnan(x) else f"{x * 100:.1f}%"
 
 
 def _notes(s: Series) -> str:
@@ -125,55 +125,66 @@ def figure_table(figure: str, cases: dict[str, dict[str, Series]]) -> list[str]:
 
 # the summary: one row per headline figure, one column per contender -------------------------
 
-Pick = Callable[[Results, str], float]
+Stat = Callable[[Series], float]
 
 
-def _get(figure: str, case: str = "", what: str = "median") -> Pick:
-    def pick(res: Results, key: str) -> float:
-        s = res.get(figure, {}).get(case, {}).get(key)
-        if s is None:
-            return math.nan
-        return float(s.extra[what]) if what in s.extra else float(getattr(s, what))
-
-    return pick
+def _median(s: Series) -> float:
+    return s.median
 
 
-SUMMARY: list[tuple[str, Pick, Callable[[float], str]]] = [
-    ("1. uncontended acquire+release", _get("uncontended"), fmt_time),
-    ("2. handoff from another process, median", _get("handoff"), fmt_time),
-    ("2. handoff, p99", _get("handoff", what="p99"), fmt_time),
-    ("3. deadline overshoot p99, 1 ms timeout", _get("overshoot", "1 ms", "p99"), fmt_time),
-    ("3. deadline overshoot p99, 10 ms timeout", _get("overshoot", "10 ms", "p99"), fmt_time),
-    ("3. deadline overshoot p99, 100 ms timeout", _get("overshoot", "100 ms", "p99"), fmt_time),
-    ("4. cancel latency, median", _get("cancel"), fmt_time),
-    ("4. cancel latency, p99", _get("cancel", what="p99"), fmt_time),
-    ("5. CPU per second of waiting", _get("cpu"), _cpu),
-    ("6. acquisitions/s, 2 processes", _get("throughput", "N=2"), fmt_rate),
-    ("6. acquisitions/s, 16 processes", _get("throughput", "N=16"), fmt_rate),
-    ("6. smallest share of 16 processes", _get("throughput", "N=16", "min_share"), _share),
-    ("7. writer's wait beside 8 readers, median", _get("readers_writer"), fmt_time),
-    ("7. writer's wait, p99", _get("readers_writer", what="p99"), fmt_time),
-    ("8. lateness p99, 100 waiting threads", _get("many_waiters", "100 waiters", "p99"), fmt_time),
-    (
-        "8. lateness p99, 1000 waiting threads",
-        _get("many_waiters", "1000 waiters", "p99"),
-        fmt_time,
-    ),
-    ("9. command line, wall time per run", _get("command_line"), fmt_time),
-    ("2a. asyncio handoff, median", _get("asyncio handoff"), fmt_time),
-    ("4a. asyncio cancel, median", _get("asyncio cancel"), fmt_time),
+def _p99(s: Series) -> float:
+    return s.p99
+
+
+def _extra(name: str) -> Stat:
+    return lambda s: float(s.extra[name])
+
+
+def _starved(s: Series) -> float:
+    return s.extra["starved"] / s.extra["tries"] if s.extra["tries"] else math.nan
+
+
+SUMMARY: list[tuple[str, str, str, Stat, Callable[[float], str]]] = [
+    ("1. uncontended acquire+release", "uncontended", "", _median, fmt_time),
+    ("2. handoff from another process, median", "handoff", "", _median, fmt_time),
+    ("2. handoff, p99", "handoff", "", _p99, fmt_time),
+    ("3. deadline overshoot p99, 1 ms timeout", "overshoot", "1 ms", _p99, fmt_time),
+    ("3. deadline overshoot p99, 10 ms timeout", "overshoot", "10 ms", _p99, fmt_time),
+    ("3. deadline overshoot p99, 100 ms timeout", "overshoot", "100 ms", _p99, fmt_time),
+    ("4. cancel latency, median", "cancel", "", _median, fmt_time),
+    ("4. cancel latency, p99", "cancel", "", _p99, fmt_time),
+    ("5. CPU per second of waiting", "cpu", "", _median, _cpu),
+    ("6. acquisitions/s, 2 processes", "throughput", "N=2", _median, fmt_rate),
+    ("6. acquisitions/s, 16 processes", "throughput", "N=16", _median, fmt_rate),
+    ("6. smallest share of 16 processes", "throughput", "N=16", _extra("min_share"), _share),
+    ("7. writer's wait beside 8 readers, median", "readers_writer", "", _median, fmt_time),
+    ("7. writer's wait, p99", "readers_writer", "", _p99, fmt_time),
+    ("7. writer's tries that starved", "readers_writer", "", _starved, _share),
+    ("8. lateness p99, 100 waiting threads", "many_waiters", "100 waiters", _p99, fmt_time),
+    ("8. lateness p99, 1000 waiting threads", "many_waiters", "1000 waiters", _p99, fmt_time),
+    ("9. command line, wall time per run", "command_line", "", _median, fmt_time),
+    ("2a. asyncio handoff, median", "asyncio handoff", "", _median, fmt_time),
+    ("4a. asyncio cancel, median", "asyncio cancel", "", _median, fmt_time),
 ]
 
 
 def summary_table(res: Results, keys: list[str]) -> list[str]:
-    """Medians (or the named statistic) side by side; the last two columns are native's ratios."""
+    """The headline figures side by side; the last two columns are native's ratios.
+
+    Where the floor column holds another baseline (time.sleep(), flock(1)),
+    its cell says so.
+    """
     head = ["figure", *(label("", k) for k in keys), "native ÷ floor", "native ÷ filelock"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
-    for title, pick, fmt in SUMMARY:
-        values = {k: pick(res, k) for k in keys}
-        if all(math.isnan(v) for v in values.values()):
+    for title, figure, case, stat, fmt in SUMMARY:
+        row = res.get(figure, {}).get(case, {})
+        if not row:
             continue
-        cells = [title, *(fmt(values[k]) for k in keys)]
+        values = {k: stat(row[k]) if k in row else math.nan for k in keys}
+        cells = [title]
+        for k in keys:
+            other = row[k].extra.get("floor") if k in row else None
+            cells.append(fmt(values[k]) + (f" ({other})" if other else ""))
         cells += [fmt_ratio(values["native"], values.get("floor", math.nan))]
         cells += [fmt_ratio(values["native"], values.get("filelock", math.nan))]
         lines.append("| " + " | ".join(cells) + " |")
@@ -245,7 +256,7 @@ def plots(res: Results, stem: Path, title: str) -> list[Path]:
 
     def ecdf(ax: Any, row: dict[str, Series], fig: str, what: str) -> None:
         for key, s in row.items():
-            xs = sorted(x for x in s.samples if x > 0)
+            xs = sorted(max(x, US) for x in s.samples)  # an early wake-up shows at 1 µs
             if xs:
                 ys = [(i + 1) / len(xs) for i in range(len(xs))]
                 ax.step([x * 1000 for x in xs], ys, where="post", **style(fig, key, s))

@@ -142,10 +142,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load": load,
         "config": cfg.__dict__,
     }
-    busy = ", ".join(f"{k} {v['busy_cores']:.1f}" for k, v in load.items())
+    busy = ", ".join(f"{k} {v['busy_cores']:.1f} ({v['steal_cores']:.2f})" for k, v in load.items())
     notes.append(
-        f"Cores busy while each figure ran (this run's own processes included), of "
-        f"{os.cpu_count()}: {busy}."
+        f"Cores busy while each figure ran, this run's own processes included (and cores "
+        f"taken by the hypervisor, steal), of {os.cpu_count()}: {busy}."
     )
     keys = [c.key for c in contenders]
     md = report.markdown(res, meta, keys, notes)

@@ -149,17 +149,18 @@ def hammer(key: str, path: str, board: str, me: int, start: float, end: float) -
 
 
 def reader(
-    key: str, path: str, board: str, me: int, start: float, end: float, hold: float, think: float
+    key: str, path: str, board: str, me: int, start: float, hold: float, think: float
 ) -> int:
-    """Shared holds of `hold` s with `think` s between them, from start to end: how many.
+    """Shared holds of `hold` s with `think` s between them, until the writer is done: how many.
 
-    While it holds, the reader's byte me of the board is 1.
+    While it holds, the reader's byte `me` of the board is 1; the board's last
+    byte is the writer's "done".
     """
     lock = _lock(key, path, rw=True)
     count = 0
     with _board(board) as flags:
         _sleep_until(start)
-        while time.monotonic() < end:
+        while not flags[-1]:
             lock.acquire(shared=True)
             flags[me] = 1
             count += 1
@@ -177,7 +178,7 @@ def writer(
 
     Returns (wait, granted) for each take, and how many times a reader's byte
     on the board said it held too while the writer held (0, unless exclusion
-    is broken).
+    is broken). Sets the board's last byte when done.
     """
     lock = _lock(key, path, rw=True)
     waits: list[tuple[float, bool]] = []
@@ -189,10 +190,11 @@ def writer(
             granted = lock.acquire(timeout=cap)
             waits.append((time.monotonic() - t0, granted))
             if granted:
-                # flags[:] is bytes: iterating the mmap itself yields b"\x00", which is true.
-                overlaps += any(flags[:])
+                # flags[:-1] is bytes: iterating the mmap itself yields b"\x00", which is true.
+                overlaps += any(flags[:-1])
                 time.sleep(hold)
-                overlaps += any(flags[:])
+                overlaps += any(flags[:-1])
                 lock.release()
             time.sleep(think)
+        flags[-1] = 1
     return waits, overlaps
