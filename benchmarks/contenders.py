@@ -35,6 +35,13 @@ class Lock(Protocol):
     def close(self) -> None: ...
 
 
+def _pairs(acquire: Callable[[], object], release: Callable[[], object], n: int) -> None:
+    """n uncontended acquire+release pairs, through the library's own calls."""
+    for _ in range(n):
+        acquire()
+        release()
+
+
 def _no_cancel() -> tuple[Any, Callable[[], None]]:
     raise NotImplementedError("this library has no way to cancel a wait")
 
@@ -71,10 +78,7 @@ class TouchFileLock:
         self.tf.release()
 
     def loop(self, n: int) -> None:
-        acquire, release = self.tf.acquire, self.tf.release
-        for _ in range(n):
-            acquire()
-            release()
+        _pairs(self.tf.acquire, self.tf.release, n)
 
     def canceller(self) -> tuple[Any, Callable[[], None]]:
         ctx = Context.with_cancel()
@@ -175,10 +179,7 @@ class FileLockLock:
             self.fl.release()
 
     def loop(self, n: int) -> None:
-        acquire, release = self.fl.acquire, self.fl.release
-        for _ in range(n):
-            acquire()
-            release()
+        _pairs(self.fl.acquire, self.fl.release, n)
 
     def canceller(self) -> tuple[Any, Callable[[], None]]:
         event = threading.Event()
@@ -224,10 +225,7 @@ class PortalockerLock:
 
     def loop(self, n: int) -> None:
         lock = self._lock(False)
-        acquire, release = lock.acquire, lock.release
-        for _ in range(n):
-            acquire()
-            release()
+        _pairs(lock.acquire, lock.release, n)
 
     canceller = staticmethod(_no_cancel)
 
@@ -265,10 +263,7 @@ class FastenersLock:
         self.release_held()
 
     def loop(self, n: int) -> None:
-        acquire, release = self.lock.acquire, self.lock.release
-        for _ in range(n):
-            acquire()
-            release()
+        _pairs(self.lock.acquire, self.lock.release, n)
 
     canceller = staticmethod(_no_cancel)
 

@@ -39,9 +39,9 @@ class Config:
     overshoot_n: int  # figure 3, timeouts 1 and 10 ms
     overshoot_n_100: int
     cancel_n: int  # figure 4 (and its asyncio twin)
-    rounds: int  # figures 5 and 7: interleaved rounds of each contender
+    rounds: int  # figures 5, 6 and 7: interleaved rounds of each contender
     cpu_wait: float  # figure 5, per round
-    hammer_s: float  # figure 6
+    hammer_s: float  # figure 6, per round
     rw_s: float  # figure 7, per round
     rw_cap: float
     waiters: tuple[int, ...]  # figure 8
@@ -82,7 +82,8 @@ QUICK = Config(
     waiters=(1, 10, 100),
     cli_runs=3,
 )
-HAMMERS = (1, 2, 4, 8, 16)
+HAMMERS = (1, 2, 4, 8, 16)  # figure 6: how many processes
+READERS = 8  # figure 7
 
 
 def _not_a_lock(path: str, rw: bool = False) -> Lock:
@@ -91,7 +92,6 @@ def _not_a_lock(path: str, rw: bool = False) -> Lock:
 
 # The floor of the deadline figures: time.sleep() to the same deadline.
 SLEEP = Contender("floor", "floor: time.sleep()", _not_a_lock, 0)
-READERS = 8
 
 
 @dataclass
