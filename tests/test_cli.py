@@ -645,8 +645,25 @@ def test_repeated_stop_signals_print_no_traceback(
         proc.send_signal(signal.SIGTERM)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=10)
-        assert proc.returncode in (128 + signal.SIGTERM, 128 + signal.SIGINT)
+        assert proc.returncode in (128 + signal.SIGTERM, 128 + signal.SIGINT), err
         assert err == ""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_stop_signal_as_handlers_are_put_in_place(lock_path: str, signum: int) -> None:
+    """A stop signal that lands just as touchfile puts its handlers in place: 128+N, no
+    traceback (the signal is sent from inside, at that very moment)."""
+    code = (
+        "import os, sys; from touchfile import _cli; catch = _cli._catch_stop_signals\n"
+        "def late():\n"
+        "    ignored = catch()\n"
+        f"    os.kill(os.getpid(), {int(signum)})\n"
+        "    return ignored\n"
+        "_cli._catch_stop_signals = late\n"
+        "sys.exit(_cli.main(sys.argv[1:]))\n"
+    )
+    proc = run([sys.executable, "-c", code, lock_path, "true"])
+    assert (proc.returncode, proc.stderr) == (128 + signum, "")
 
 
 def test_stop_signal_after_grant_before_command(lock_path: str, tmp_path: Path) -> None:

@@ -210,10 +210,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     try:
+        # In the same try as the rest: a stop signal may arrive while the
+        # handlers are being put in place, or just after.
         ignored = _catch_stop_signals()
-    except KeyboardInterrupt:  # Ctrl-C before our handlers were in place
-        return 128 + signal.SIGINT
-    try:
         _open_standard_descriptors()
         args = _parse(sys.argv[1:] if argv is None else argv)
         if args.holders:
@@ -224,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         return EX_USAGE
     except _Stopped as stop:  # before the wait (opening the lock file, say)
         return 128 + stop.signum
+    except KeyboardInterrupt:  # Ctrl-C before our handlers were in place
+        return 128 + signal.SIGINT
 
 
 def _open_standard_descriptors() -> None:
