@@ -110,8 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     res: report.Results = {}
     load: dict[str, dict[str, float]] = {}
     tmp = tempfile.mkdtemp(prefix="touchfile-bench-")
-    log(f"starting {max(figures.HAMMERS)} worker processes ...")
-    pool = workers.start_pool(max(*figures.HAMMERS, figures.READERS + 1))
+    size = max(*figures.HAMMERS, figures.READERS + 1)
+    log(f"starting {size} worker processes ...")
+    pool = workers.start_pool(size)
     try:
         for w in pool:
             w.call(workers.ping)

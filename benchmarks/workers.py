@@ -57,7 +57,13 @@ class Worker:
     def result(self, timeout: float = 120.0) -> Any:
         if not self.conn.poll(timeout):
             raise RuntimeError(f"worker {self.proc.pid} did not answer within {timeout:.0f} s")
-        tag, value = self.conn.recv()
+        try:
+            tag, value = self.conn.recv()
+        except (EOFError, ConnectionError):
+            self.proc.join(5)
+            raise RuntimeError(
+                f"worker {self.proc.pid} died (exit code {self.proc.exitcode})"
+            ) from None
         if tag != "ok":
             raise RuntimeError(f"worker {self.proc.pid} failed:\n{value}")
         return value
