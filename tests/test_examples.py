@@ -11,14 +11,18 @@ from pathlib import Path
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
+def run_example(name: str) -> str:
+    """Run examples/NAME as-is (outside the source tree); it must succeed. Its stdout."""
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, timeout=60, cwd="/"
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+
+
 def test_demo_takes_turns_and_times_out() -> None:
     """The Quickstart demo: a handoff between two processes, then an expired deadline."""
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / "demo.py")],
-        capture_output=True, text=True, timeout=60, cwd="/",
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    out = proc.stdout
+    out = run_example("demo.py")
     assert "[child]  got the lock after" in out
     assert "the child held it" in out
     assert "timed out after 0.3" in out and "exclusive lock on" in out
@@ -27,12 +31,7 @@ def test_demo_takes_turns_and_times_out() -> None:
 
 def test_cache_readers_share_and_writer_excludes() -> None:
     """Reader processes hold the shared lock together, never beside the writer, never torn."""
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / "cache_readers_writer.py")],
-        capture_output=True, text=True, timeout=60, cwd="/",
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = proc.stdout
+    out = run_example("cache_readers_writer.py")
     assert "reads: 32, whole and unchanged: 32, torn or changed: 0" in out
     together = re.search(r"holding the shared lock together: up to (\d+) at once", out)
     assert together is not None and int(together.group(1)) >= 2, out
@@ -44,12 +43,7 @@ def test_cache_readers_share_and_writer_excludes() -> None:
 
 def test_with_lock_deadline_budget() -> None:
     """with_lock returns fn's result, and a shared budget ends a wait without calling fn."""
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / "with_lock_deadline.py")],
-        capture_output=True, text=True, timeout=60, cwd="/",
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = proc.stdout
+    out = run_example("with_lock_deadline.py")
     assert "[step 1] shared lock: read returned 0;" in out
     assert "[step 2] exclusive lock: bump returned 1;" in out
     assert "[step 3] LockTimeout: timed out after 0." in out
@@ -65,12 +59,7 @@ def test_with_lock_deadline_budget() -> None:
 
 def test_worker_pool_cancelled_by_one_context() -> None:
     """One ctx.cancel() ends every worker thread's wait promptly, and no worker gets the lock."""
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / "worker_pool_cancel.py")],
-        capture_output=True, text=True, timeout=60, cwd="/",
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = proc.stdout
+    out = run_example("worker_pool_cancel.py")
     ended = re.findall(r"\[worker \d\] (?:shared|exclusive) +cancelled .*, ([\d.]+) ms after", out)
     assert len(ended) == 8, out
     assert all(float(ms) < 100 for ms in ended), out
@@ -82,12 +71,7 @@ def test_worker_pool_cancelled_by_one_context() -> None:
 
 def test_async_service_never_blocks_its_loop() -> None:
     """Async jobs: the loop never stalls, a handoff, a timeout, prompt cancels, no lock left."""
-    proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / "async_service.py")],
-        capture_output=True, text=True, timeout=60, cwd="/",
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    out = proc.stdout
+    out = run_example("async_service.py")
     gap = re.search(r"the loop ticked (\d+) times; largest gap ([\d.]+) ms", out)
     assert gap is not None and int(gap.group(1)) > 50 and float(gap.group(2)) < 100, out
     handoff = re.search(r"\[report\] got the lock ([\d.]+) ms after the other one let go", out)
