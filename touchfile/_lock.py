@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import fcntl
 import math
 import os
@@ -26,12 +27,16 @@ from . import _native
 from ._context import Context, check_timeout
 from ._errors import LockCancelled, LockError, LockTimeout
 from ._native import BUSY, CANCELLED, CLOSED, DEADLINE, INTERRUPTED, OK, STALE
+from ._open import open_lock_file
 from ._wait import Wait, py_try_lock
 
 if TYPE_CHECKING:
     from ._holders import LockHolder
 
 T = TypeVar("T")
+
+# What flock(LOCK_EX) returns on NFS through a read-only descriptor.
+_NEEDS_WRITE = (-errno.EBADF, -errno.EIO)
 
 _get_ident = threading.get_ident
 _monotonic = time.monotonic
@@ -77,42 +82,18 @@ def _use_native() -> bool:
 class _Handle:
     """One open file description of the lock file (what flock() locks belong to)."""
 
-    __slots__ = ("__weakref__", "dev", "fd", "ino")
+    __slots__ = ("__weakref__", "dev", "fd", "ino", "writable")
 
-    def __init__(self, path: str, mode: int) -> None:
+    def __init__(self) -> None:
         self.fd = -1
-        self.open(path, mode)
+        self.writable = False
 
-    def open(self, path: str, mode: int) -> None:
-        # O_CLOEXEC: a program exec'd while we hold the lock must not inherit
-        # it, so that the lock dies with its holder. Never O_TRUNC.
-        flags = os.O_CLOEXEC | os.O_NOCTTY
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | flags, mode)
-        except OSError as error:
-            # flock() needs no write access: a directory, a read-only file or
-            # file system, or someone else's 0644 lock file all lock read-only.
-            # O_NONBLOCK: a FIFO opened read-only would wait for a writer for
-            # ever (read-write never does); cleared at once, flock() ignores it.
-            try:
-                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | flags)
-            except FileNotFoundError:
-                raise error from None  # why it could not be created (EACCES, EROFS, ...)
-            except OSError as second:
-                # It exists: the read-only open says why it cannot be used
-                # (EACCES on an unreadable directory, not the first try's EISDIR).
-                raise second from None
-            try:
-                os.set_blocking(fd, True)  # as a command that inherits it expects
-            except OSError:
-                os.close(fd)
-                raise
+    def open(self, path: str, mode: int, *, create: bool, writable: bool) -> None:
+        # Read-only unless writable, O_CLOEXEC, never O_TRUNC, and never
+        # someone else's file in a shared directory: see _open.
+        fd = open_lock_file(path, mode, writable=writable, create=create)
         st = os.fstat(fd)
-        self.fd, self.dev, self.ino = fd, st.st_dev, st.st_ino
-
-    def reopen(self, path: str, mode: int) -> None:
-        self.close()
-        self.open(path, mode)
+        self.fd, self.dev, self.ino, self.writable = fd, st.st_dev, st.st_ino, writable
 
     def unlock(self) -> None:
         fcntl.flock(self.fd, fcntl.LOCK_UN)
@@ -169,7 +150,8 @@ class TouchFile:
         if isinstance(mode, bool) or not isinstance(mode, int):
             raise TypeError(f"mode must be an int such as 0o644, not {mode!r}")
         self._native = _use_native()
-        self._temporary = path is None
+        # (dev, ino) of the private file of TouchFile(), never re-created.
+        self._temporary: tuple[int, int] | None = None
         if path is None:
             try:
                 fd, path = tempfile.mkstemp(prefix="touchfile-", suffix=".lock")
@@ -183,7 +165,9 @@ class TouchFile:
                         cause.errno, f"cannot create a temporary lock file: {cause.strerror}"
                     ) from error
                 raise
-            os.close(fd)
+            st = os.fstat(fd)
+            os.close(fd)  # read-write: reopened read-only below, as every lock file is
+            self._temporary = (st.st_dev, st.st_ino)
         self.path: str = os.path.abspath(os.fspath(path))
         self._bpath = os.fsencode(self.path)
         self._mode = mode
@@ -348,14 +332,24 @@ class TouchFile:
                         rc = CLOSED  # and never recreate a closed temporary file
                     elif wait is not None and wait.reason:
                         rc = wait.reason
+                    elif self._temporary is not None:
+                        raise self._temporary_gone()
                     elif reopened and deadline <= _monotonic():
                         rc = DEADLINE  # replaced again and again: not for ever
                     else:
                         # Even past the deadline, once: a try is not a wait, and
                         # the file at the path may well be free.
                         reopened = True
-                        handle.reopen(self.path, self._mode)
+                        self._open(handle, handle.writable)
                         rc = self._try(handle.fd, op, self._bpath, handle.dev, handle.ino)
+                    continue
+                if rc in _NEEDS_WRITE and op == fcntl.LOCK_EX and self._may_upgrade(handle):
+                    # NFS emulates flock() with byte-range locks, and a write
+                    # lock needs a descriptor open for writing (EBADF; EIO on
+                    # older kernels). As flock(1) does, reopen read-write, but
+                    # only where the caller may write the file anyway.
+                    self._open(handle, writable=True)
+                    rc = self._try(handle.fd, op, self._bpath, handle.dev, handle.ino)
                     continue
                 if rc in (BUSY, INTERRUPTED):
                     if wait is None:
@@ -397,9 +391,36 @@ class TouchFile:
             self._waits.discard(wait)
 
     def _new_handle(self) -> _Handle:
-        handle = _Handle(self.path, self._mode)
+        handle = _Handle()
+        self._open(handle, writable=False)
         self._handles.add(handle)
         return handle
+
+    def _open(self, handle: _Handle, writable: bool) -> None:
+        """(Re)open handle on the file the path names now."""
+        handle.close()
+        temporary = self._temporary
+        try:
+            handle.open(self.path, self._mode, create=temporary is None, writable=writable)
+        except FileNotFoundError:
+            if temporary is None:
+                raise
+            raise self._temporary_gone() from None
+        if temporary is not None and (handle.dev, handle.ino) != temporary:
+            handle.close()
+            raise self._temporary_gone()
+
+    def _temporary_gone(self) -> LockError:
+        # Never re-created: under its old, visible name it would be anyone's
+        # to replace, and it would outlive close() if made again elsewhere.
+        return LockError(
+            f"the temporary lock file {self.path} was removed or replaced; "
+            "it is never re-created (close this TouchFile and make another)",
+            self.path,
+        )
+
+    def _may_upgrade(self, handle: _Handle) -> bool:
+        return not handle.writable and os.access(self._bpath, os.R_OK | os.W_OK)
 
     def _put_back(self, handle: _Handle) -> None:
         """An unlocked handle returns to the pool (closed instead, once we are)."""
@@ -539,9 +560,12 @@ class TouchFile:
             handle.unlock()
             handle.close()
         self._close_idle()
-        if self._temporary:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
+        if self._temporary is not None:
+            with contextlib.suppress(OSError):
+                # Only our own file: a file put in its place since is not ours to remove.
+                st = os.stat(self.path, follow_symlinks=False)
+                if (st.st_dev, st.st_ino) == self._temporary:
+                    os.unlink(self.path)
 
     @property
     def closed(self) -> bool:
