@@ -90,12 +90,14 @@ int tf_set_signal(int sig)
 
 int tf_get_signal(void) { return signo; }
 
-/* With mu held. Ours, or free to take (SIG_DFL/SIG_IGN): install the no-op
- * handler without SA_RESTART. Anything else belongs to someone else (a
- * Python handler, a Go runtime, a handler with SA_RESTART) and is left alone:
- * the caller falls back to polling rather than block where no signal can
- * reach it. Checked before every wait, so a handler that appears later is
- * noticed at the next wait. */
+/* With mu held. Ours, or free to take (SIG_DFL): install the no-op handler
+ * without SA_RESTART. Anything else belongs to someone else (a Python
+ * handler, a Go runtime, a handler with SA_RESTART) and is left alone: the
+ * caller falls back to polling rather than block where no signal can reach
+ * it. SIG_IGN too is the application's choice: replacing it would let any
+ * process of the same user (or out-of-band socket data, with F_SETOWN) make
+ * blocking calls in other threads fail with EINTR. Checked before every
+ * wait, so a handler that appears later is noticed at the next wait. */
 static int ensure_handler(void)
 {
     struct sigaction cur, ours;
@@ -103,8 +105,7 @@ static int ensure_handler(void)
         return -errno;
     if (!(cur.sa_flags & SA_SIGINFO) && cur.sa_handler == on_interrupt)
         return (cur.sa_flags & SA_RESTART) ? TF_NO_HANDLER : TF_OK;
-    if ((cur.sa_flags & SA_SIGINFO) ||
-        (cur.sa_handler != SIG_DFL && cur.sa_handler != SIG_IGN))
+    if ((cur.sa_flags & SA_SIGINFO) || cur.sa_handler != SIG_DFL)
         return TF_NO_HANDLER;
     memset(&ours, 0, sizeof ours);
     ours.sa_handler = on_interrupt;

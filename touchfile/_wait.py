@@ -8,6 +8,7 @@ flock(LOCK_NB), sleeping on an Event so that cancel() still wakes it at once.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import math
 import os
@@ -32,6 +33,8 @@ def py_try_lock(fd: int, op: int, path: bytes, dev: int, ino: int) -> int:
         fcntl.flock(fd, op | fcntl.LOCK_NB)
     except BlockingIOError:
         return BUSY
+    except OSError as error:  # as tf_try(): -errno (EBADF on NFS, say)
+        return -(error.errno or errno.EIO)
     try:
         st = os.stat(path)
         if st.st_dev == dev and st.st_ino == ino:
@@ -48,9 +51,9 @@ def _warn_no_handler() -> None:
         _warned = True
         warnings.warn(
             f"touchfile: signal {_native.SIGNAL} ({_signal_name()}) has a handler that is "
-            "not touchfile's, or one installed with SA_RESTART, so a blocked flock() "
-            "cannot be interrupted; lock waits poll instead. Set TOUCHFILE_SIGNAL to a "
-            "free signal (e.g. SIGRTMIN+4) to wait in the kernel again.",
+            "not touchfile's (or one installed with SA_RESTART, or it is ignored), so a "
+            "blocked flock() cannot be interrupted; lock waits poll instead. Set "
+            "TOUCHFILE_SIGNAL to a free signal (e.g. SIGRTMIN+4) to wait in the kernel again.",
             RuntimeWarning,
             stacklevel=5,
         )
