@@ -236,14 +236,18 @@ def _open_standard_descriptors() -> None:
             os.fstat(fd)
         except OSError:
             null = os.open(os.devnull, os.O_RDWR)
-            if null != fd:
-                os.dup2(null, fd)
+            if null == fd:
+                # os.open() is close-on-exec: the command would find fd
+                # closed, and the next file it opens would become its stdout.
+                os.set_inheritable(fd, True)
+            else:
+                os.dup2(null, fd)  # inheritable
                 os.close(null)
 
 
 def _say(message: str) -> None:
     with contextlib.suppress(OSError, ValueError, AttributeError):  # stderr gone
-        sys.stderr.write(f"touchfile: {message}\n")
+        sys.stderr.write(f"touchfile: {_printable(message)}\n")
         sys.stderr.flush()
 
 
@@ -257,7 +261,7 @@ def _show_holders(path: str) -> int:
         _say(f"cannot read lock file {path}: {error.strerror}")
         return EX_NOINPUT
     if not found:
-        print(f"no process holds a lock on {path}")
+        print(f"no process holds a lock on {_printable(path)}")
         return 0
     width = max(len("PID"), *(len(str(h.pid)) for h in found))
     print(f"{'PID':<{width}}  {'KIND':<9}  COMMAND")
@@ -429,7 +433,7 @@ class _Status:
             self._write("\r\x1b[K")
             self.showing = False
         if message:
-            self._write(f"touchfile: {message}\n")
+            self._write(f"touchfile: {_printable(message)}\n")
 
     def _write(self, text: str) -> None:
         with contextlib.suppress(OSError, ValueError):  # stderr gone: say nothing
@@ -441,12 +445,14 @@ def _describe(holder: LockHolder) -> str:
     return f"pid {holder.pid} ({holder.kind.value}): {_printable(holder.command)}"
 
 
-def _printable(command: str | None) -> str:
-    """A command line fit for one line of a terminal: control characters
-    (newlines, escape sequences) are shown escaped, never sent as they are."""
-    if command is None:
+def _printable(text: str | None) -> str:
+    """Text fit for one line of a terminal: control characters (newlines,
+    escape sequences) are shown escaped, never sent as they are. Everything
+    touchfile prints that it did not write itself (paths, command lines) goes
+    through here."""
+    if text is None:
         return "?"
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in command)
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _spawn(tf: TouchFile, argv: list[str], mask: Iterable[int], inherit: bool) -> int:

@@ -47,7 +47,7 @@ def holders(path: str | os.PathLike[str]) -> list[LockHolder]:
         takers = _parse_locks(f, key)
     if not takers:
         return []
-    found, unreadable = _scan_descriptors(st.st_dev, st.st_ino, key)
+    found, unreadable = _scan_descriptors(key)
     for pid, kind in takers.items():
         # A taker whose descriptors we could not read (another user's
         # process) is taken at its word; one we could read, and that has
@@ -82,17 +82,24 @@ def _parse_locks(lines: Iterable[str], key: str) -> dict[int, LockType]:
     return locks
 
 
-def _scan_descriptors(dev: int, ino: int, key: str) -> tuple[dict[int, LockType], set[int]]:
+def _scan_descriptors(key: str) -> tuple[dict[int, LockType], set[int]]:
     """(pid -> kind for every process with a locked description of the file
-    open, the pids whose descriptors could not be read)."""
+    open, the pids whose descriptors could not be read).
+
+    Only /proc/PID/fdinfo is read: it lists the locks of each description,
+    by device and inode, from the kernel's memory. A stat() of /proc/PID/fd/N
+    would ask the descriptor's file system, and block for as long as a hung
+    NFS or FUSE mount does.
+    """
     found: dict[int, LockType] = {}
     unreadable: set[int] = set()
+    marker = f" {key} ".encode()
     for entry in os.listdir(_PROC):
         if not entry.isdigit():
             continue
-        fd_dir = os.path.join(_PROC, entry, "fd")
+        fdinfo = os.path.join(_PROC, entry, "fdinfo")
         try:
-            fds = os.listdir(fd_dir)
+            fds = os.listdir(fdinfo)
         except PermissionError:  # another user's process
             unreadable.add(int(entry))
             continue
@@ -100,16 +107,26 @@ def _scan_descriptors(dev: int, ino: int, key: str) -> tuple[dict[int, LockType]
             continue
         for fd in fds:
             try:
-                st = os.stat(os.path.join(fd_dir, fd))
-                if st.st_ino != ino or st.st_dev != dev:
-                    continue
-                with open(os.path.join(_PROC, entry, "fdinfo", fd)) as f:
-                    locks = _parse_locks(f, key)
-            except OSError:
+                info = _read(os.path.join(fdinfo, fd))
+            except OSError:  # closed since
                 continue
-            if locks:
-                found[int(entry)] = next(iter(locks.values()))
+            if marker in info:  # cheap: most descriptors hold no lock on the file
+                locks = _parse_locks(os.fsdecode(info).splitlines(), key)
+                if locks:
+                    found[int(entry)] = next(iter(locks.values()))
     return found, unreadable
+
+
+def _read(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        # fdinfo is one seq_file record: a short read is the whole of it.
+        chunks = [os.read(fd, 4096)]
+        while len(chunks[-1]) == 4096:
+            chunks.append(os.read(fd, 4096))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _command(pid: int) -> str | None:
