@@ -138,8 +138,8 @@ def test_parent_directory_removed(tmp_path: Path, holders: Holders) -> None:
 
 
 def test_fifo_is_a_lock_file(tmp_path: Path) -> None:
-    """A FIFO at the path is locked like a file (opened read-write, which never
-    blocks on Linux); the lock excludes others."""
+    """A FIFO at the path is locked like a file (opened read-only without waiting
+    for a writer); the lock excludes others."""
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)
     with TouchFile(fifo) as tf, tf.lock(timeout=1):

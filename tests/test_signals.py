@@ -78,6 +78,8 @@ def foreign(signum, frame):
     pass
 if when == "before":
     signal.signal(signal.SIGURG, foreign)
+if when == "ignored":
+    signal.signal(signal.SIGURG, signal.SIG_IGN)
 tf = TouchFile(sys.argv[1])
 if when == "after":
     try:
@@ -108,16 +110,19 @@ with warnings.catch_warnings(record=True) as caught:
         print("timeout", round(time.monotonic() - start, 2))
 print("native", tf.native)
 print("warned", [str(w.message)[:80] for w in caught])
+print("ignored", signal.getsignal(signal.SIGURG) == signal.SIG_IGN)
 """
 
 
-@pytest.mark.parametrize("when", ["before", "after", "restart"])
+@pytest.mark.parametrize("when", ["before", "after", "restart", "ignored"])
 def test_foreign_handler_falls_back_to_polling(
     lock_path: str, holders: Holders, when: str, mode: str
 ) -> None:
     """A foreign handler on the interrupt signal (installed before or after
     touchfile's, or touchfile's own given SA_RESTART) is detected: a warning
-    says so, and waits poll (still ending at their deadline) rather than hang."""
+    says so, and waits poll (still ending at their deadline) rather than hang.
+    The application's SIG_IGN is its choice too, and stays: replacing it would
+    let any process of the user interrupt system calls in every thread."""
     if mode != "native":
         pytest.skip("concerns the native interrupt only")
     hold(holders, lock_path)
@@ -129,6 +134,7 @@ def test_foreign_handler_falls_back_to_polling(
     assert lines[0].startswith("timeout 0.1")
     assert lines[1] == "native False"
     assert "has a handler that is not touch" in lines[2]
+    assert lines[3] == f"ignored {when == 'ignored'}"
 
 
 _OTHER_SIGNAL = r"""
