@@ -11,6 +11,7 @@ attack whatever the sysctls say, and each test says so.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -25,7 +26,7 @@ from pathlib import Path
 import pytest
 from helpers import TOUCHFILE, Holders, hold, probe
 
-from touchfile import LockError, TouchFile
+from touchfile import SHARED, LockError, LockTimeout, TouchFile
 
 NOBODY = 65534
 AS_NOBODY = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
@@ -239,8 +240,6 @@ def test_symlink_loop_is_eloop(tmp_path: Path) -> None:
 
 
 def _access(fd: int) -> int:
-    import fcntl
-
     return fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE
 
 
@@ -258,6 +257,85 @@ def test_command_inherits_a_read_only_descriptor(lock_path: str, tmp_path: Path)
     assert proc.returncode == 0, proc.stderr
     mine = [line.split() for line in report.read_text().splitlines()]
     assert [access for _, access, target in mine if target == lock_path] == ["r"]
+
+
+# ---- NFS: an exclusive lock needs a descriptor open for writing ------------------------
+
+NFSLIKEFS = Path(__file__).with_name("nfslike") / "nfslikefs.c"
+
+
+@pytest.fixture(scope="module")
+def nfslikefs(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """nfslikefs built: a FUSE file system that locks as the NFS client does."""
+    _needs("gcc", "pkg-config")
+    flags = run(["pkg-config", "--cflags", "--libs", "fuse3"])
+    if flags.returncode != 0:
+        _needs("libfuse3-dev (pkg-config fuse3)")
+    program = str(tmp_path_factory.mktemp("nfslike") / "nfslikefs")
+    build = run(["gcc", "-Wall", "-Wextra", "-Werror", "-O2", "-o", program,
+                 str(NFSLIKEFS), *flags.stdout.split()])  # fmt: skip
+    assert build.returncode == 0, build.stderr
+    return program
+
+
+@pytest.fixture
+def nfs_like(nfslikefs: str, tmp_path: Path) -> Iterator[Path]:
+    """A mounted nfslikefs (unmounted at the end)."""
+    backing, mount = tmp_path / "backing", tmp_path / "mount"
+    backing.mkdir()
+    mount.mkdir()
+    daemon = subprocess.Popen([nfslikefs, "-f", str(backing), str(mount)])
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.ismount(mount):
+            assert daemon.poll() is None and time.monotonic() < deadline, "did not mount"
+            time.sleep(0.01)
+        yield mount
+    finally:
+        daemon.terminate()  # unmounts
+        daemon.wait(timeout=10)
+
+
+def test_exclusive_lock_on_nfs_reopens_read_write(nfs_like: Path, holders: Holders) -> None:
+    """Where flock() is emulated with byte-range locks (NFS), an exclusive lock
+    through the read-only descriptor fails with EBADF: touchfile reopens the file
+    read-write, as flock(1) does, and the lock excludes as anywhere. Shared locks
+    stay read-only."""
+    path = nfs_like / "x.lock"
+    with TouchFile(path) as tf:
+        with tf.lock(SHARED, timeout=0):
+            assert _access(tf._fileno()) == os.O_RDONLY
+        with tf.lock(timeout=0):
+            assert _access(tf._fileno()) == os.O_RDWR
+            assert not probe(path, "shared")
+        assert probe(path, "shared")
+        hold(holders, path)
+        with pytest.raises(LockTimeout):
+            tf.acquire(timeout=0.05)
+
+
+_NFS_READ_ONLY = r"""
+import errno, sys
+from touchfile import SHARED, TouchFile
+with TouchFile(sys.argv[1]) as tf:
+    with tf.lock(SHARED, timeout=0):
+        print("shared")
+    try:
+        tf.acquire(timeout=0)
+    except OSError as error:
+        print(errno.errorcode[error.errno], error.filename == sys.argv[1])
+"""
+
+
+def test_exclusive_lock_on_nfs_needs_write_access(nfs_like: Path) -> None:
+    """A file the caller may not write is never reopened read-write: on NFS its
+    exclusive lock is OSError(EBADF) naming the path; shared locks work."""
+    path = nfs_like / "x.lock"
+    (nfs_like.parent / "backing" / "x.lock").touch(mode=0o444)
+    # Root without capabilities, so that the file's mode applies to it.
+    argv = ["setpriv", "--bounding-set=-all", sys.executable, "-c", _NFS_READ_ONLY, str(path)]
+    proc = run(argv)
+    assert proc.stdout.splitlines() == ["shared", "EBADF True"], proc.stderr
 
 
 # ---- TouchFile()'s temporary file -------------------------------------------------------
