@@ -175,6 +175,52 @@ def test_symlink_through_a_planted_directory_link(shared: Path, tmp_path: Path) 
         TouchFile(tmp_path / "mine.lock")
 
 
+@pytest.mark.parametrize("perms", [0o755, 0o1777])
+def test_directory_of_another_user_on_the_way(shared: Path, victim: Path, perms: int) -> None:
+    """A directory that another user made in a shared directory (as a root job's
+    /tmp/app/lock expects to find its own) is refused, whatever its mode: inside
+    it, they decide what every name means."""
+    theirs = shared / "app"
+    as_nobody("mkdir", "-m", oct(perms)[2:], str(theirs))
+    as_nobody("ln", "-s", str(victim), str(theirs / "lock"))
+    proc = run([TOUCHFILE, str(theirs / "lock"), "--", *AS_NOBODY, "sh", "-c", "cat <&3"])
+    assert proc.returncode == 66
+    assert "secret" not in proc.stdout
+    _stopped_by_touchfile(proc.stderr, "protected_symlinks")
+    with pytest.raises(PermissionError, match="belongs to uid 65534"):
+        TouchFile(theirs / "new.lock")
+    assert not (theirs / "new.lock").exists()
+
+
+@pytest.mark.parametrize("what", ["content", "fifo"])
+def test_root_file_that_is_no_lock_file(shared: Path, what: str) -> None:
+    """Even a file of root's own in a shared directory is refused unless it is an
+    empty regular file: one with content may be a hard link left behind to an old
+    /etc/shadow (nlink 1 once the original was replaced), and a FIFO or device is
+    no lock file."""
+    path = shared / "job.lock"
+    if what == "content":
+        path.write_text("root:old-secret\n")
+    else:
+        os.mkfifo(path)
+    with pytest.raises(PermissionError) as caught:
+        TouchFile(path)
+    _stopped_by_touchfile(str(caught.value), "protected_hardlinks")
+
+
+def test_temporary_file_through_a_planted_tmpdir(shared: Path, tmp_path: Path) -> None:
+    """TouchFile() whose TMPDIR is another user's symlink is refused, and leaves
+    no file behind where the link pointed."""
+    target = tmp_path / "target"
+    target.mkdir()
+    as_nobody("ln", "-s", str(target), str(shared / "tmpdir"))
+    code = "import touchfile\ntouchfile.TouchFile()"
+    proc = run([sys.executable, "-c", code], env={**os.environ, "TMPDIR": str(shared / "tmpdir")})
+    assert proc.returncode == 1 and "PermissionError" in proc.stderr
+    _stopped_by_touchfile(proc.stderr, "protected_symlinks")
+    assert list(target.iterdir()) == []
+
+
 def test_replaced_after_a_cleaner_removed_it(shared: Path, victim: Path) -> None:
     """A long-running holder whose lock file a /tmp cleaner removed, and another
     user replaced with a symlink, refuses it at the next acquisition: every
@@ -225,6 +271,22 @@ def test_symlinks_elsewhere_keep_working(tmp_path: Path) -> None:
     (tmp_path / "dangling.lock").symlink_to("made.lock")
     with TouchFile(tmp_path / "dangling.lock") as tf, tf.lock(timeout=0):
         assert (tmp_path / "made.lock").is_file()
+
+
+def test_proc_fd_links_are_followed_by_the_kernel(tmp_path: Path) -> None:
+    """/proc/self/fd/N and /dev/fd/N name the descriptor's file even when its path
+    is gone: the kernel follows these links, and touchfile locks that very file
+    (nothing is created at the old path, and no wait goes round for ever)."""
+    path = tmp_path / "gone.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
+    try:
+        path.unlink()
+        for name in (f"/proc/self/fd/{fd}", f"/dev/fd/{fd}"):
+            with TouchFile(name) as tf, tf.lock(timeout=1):
+                assert not probe(name, "shared")
+        assert not path.exists()
+    finally:
+        os.close(fd)
 
 
 def test_symlink_loop_is_eloop(tmp_path: Path) -> None:

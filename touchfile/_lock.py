@@ -180,7 +180,11 @@ class TouchFile:
         self._async = False
         self._waits: set[Wait] = set()
         self._handles: weakref.WeakSet[_Handle] = weakref.WeakSet()  # all, for fork
-        self._idle: list[_Handle] = [self._new_handle()]  # opens (creates) the file now
+        try:
+            self._idle: list[_Handle] = [self._new_handle()]  # opens (creates) the file now
+        except BaseException:
+            self._remove_temporary()  # made by mkstemp(), perhaps through a planted TMPDIR
+            raise
         _instances.add(self)
 
     def __repr__(self) -> str:
@@ -340,15 +344,16 @@ class TouchFile:
                         # Even past the deadline, once: a try is not a wait, and
                         # the file at the path may well be free.
                         reopened = True
-                        self._open(handle, handle.writable)
+                        self._open(handle, writable=False)  # again as needed
                         rc = self._try(handle.fd, op, self._bpath, handle.dev, handle.ino)
                     continue
-                if rc in _NEEDS_WRITE and op == fcntl.LOCK_EX and self._may_upgrade(handle):
+                if rc in _NEEDS_WRITE and op == fcntl.LOCK_EX and not handle.writable:
                     # NFS emulates flock() with byte-range locks, and a write
                     # lock needs a descriptor open for writing (EBADF; EIO on
                     # older kernels). As flock(1) does, reopen read-write, but
-                    # only where the caller may write the file anyway.
-                    self._open(handle, writable=True)
+                    # only where the caller may write the file anyway: the
+                    # open itself says so, through the same walk (_open).
+                    self._open_writable(handle, rc)
                     rc = self._try(handle.fd, op, self._bpath, handle.dev, handle.ino)
                     continue
                 if rc in (BUSY, INTERRUPTED):
@@ -419,8 +424,14 @@ class TouchFile:
             self.path,
         )
 
-    def _may_upgrade(self, handle: _Handle) -> bool:
-        return not handle.writable and os.access(self._bpath, os.R_OK | os.W_OK)
+    def _open_writable(self, handle: _Handle, rc: int) -> None:
+        """Reopen handle read-write; if that is not allowed, the error is rc's."""
+        try:
+            self._open(handle, writable=True)
+        except OSError as error:
+            if not isinstance(error, PermissionError) and error.errno != errno.EROFS:
+                raise
+            raise OSError(-rc, os.strerror(-rc), self.path) from None
 
     def _put_back(self, handle: _Handle) -> None:
         """An unlocked handle returns to the pool (closed instead, once we are)."""
@@ -560,6 +571,9 @@ class TouchFile:
             handle.unlock()
             handle.close()
         self._close_idle()
+        self._remove_temporary()
+
+    def _remove_temporary(self) -> None:
         if self._temporary is not None:
             with contextlib.suppress(OSError):
                 # Only our own file: a file put in its place since is not ours to remove.

@@ -2,20 +2,26 @@
 
 Lock files often live in sticky world-writable directories (/tmp, /run/lock),
 where anyone may plant a name before the lock's user comes: a symlink to a file
-only root may read, a dangling link to a file root must not create, a file of
-their own that they can delete while it is locked. The kernel's
+only root may read, a dangling link to a file root must not create, a file or
+directory of their own, which they can change while it is locked. The kernel's
 fs.protected_symlinks and fs.protected_regular stop some of this when they are
-on; touchfile applies these rules itself, whatever they say. In a directory that
-is sticky and world-writable:
+on; touchfile applies stricter rules itself, whatever they say. In a directory
+that is sticky and world-writable:
 
 - a symlink is followed only if it belongs to the caller or to the directory's
   owner, and no file is ever created through it;
+- a directory on the way must belong to the caller, root or the directory's
+  owner (inside another user's directory, they decide what every name means);
 - the lock file must belong to the caller, root or the directory's owner, and
-  have no other hard link (a link to a file elsewhere, such as /etc/shadow).
+  be a directory or an empty regular file with no other hard link (a file with
+  content, or with two links, may be a link to a file elsewhere, such as an
+  old /etc/shadow, where fs.protected_hardlinks is off).
 
-To apply them to every symlink, the path's own and those its targets name,
-open_lock_file() walks the path one name at a time, opening each directory
-with O_PATH and each name with O_NOFOLLOW, and follows links itself.
+To apply them to every name on the way, the path's own and those its links
+lead to, open_lock_file() walks the path one name at a time, opening each
+directory with O_PATH and each name with O_NOFOLLOW, and follows symlinks
+itself. The links of /proc (/proc/self/fd/N, /dev/stdin) are not text to
+resolve again: the kernel follows those.
 
 Everything is opened read-only unless asked otherwise: flock() needs no write
 access, and a command that inherits the descriptor (the touchfile command's)
@@ -77,25 +83,42 @@ def _refuse(what: str, directory: str) -> PermissionError:
     )
 
 
-def _check_owner(st: os.stat_result, dir_st: os.stat_result, where: str, directory: str) -> None:
-    """Refuse a lock file in a shared directory that is not the caller's own."""
+def _check_found(st: os.stat_result, dir_st: os.stat_result, where: str, directory: str) -> None:
+    """Refuse what was found at where, in the shared directory (dir_st), unless
+    it is the caller's, root's or the directory owner's own lock file or directory."""
     if st.st_uid not in (os.geteuid(), 0, dir_st.st_uid):
-        # Its owner may delete it while we hold its lock, and the next
-        # locker would create a new file beside ours: two holders at once.
-        raise _refuse(
-            f"{where}: a file of uid {st.st_uid} (who may delete it while it is locked)", directory
-        )
-    if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
-        raise _refuse(
-            f"{where}: a file with {st.st_nlink} hard links (one may be a file elsewhere)",
-            directory,
-        )
+        # Its owner may delete or replace it while we hold its lock (and the
+        # next locker would lock a new file: two holders at once), or, for a
+        # directory, point every name inside it anywhere.
+        raise _refuse(f"{where}: it belongs to uid {st.st_uid}", directory)
+    if stat.S_ISDIR(st.st_mode):
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise _refuse(f"{where}: not a regular file or directory", directory)
+    if st.st_nlink > 1:
+        raise _refuse(f"{where}: a file with {st.st_nlink} hard links", directory)
+    if st.st_size > 0:
+        raise _refuse(f"{where}: a file with content, not an empty lock file", directory)
+
+
+_proc_dev: int | None = None
+
+
+def _on_proc(st: os.stat_result) -> bool:
+    """Is st (a directory's) on /proc, whose symlinks are the kernel's to follow?"""
+    global _proc_dev
+    if _proc_dev is None:
+        try:
+            _proc_dev = os.stat("/proc").st_dev
+        except OSError:
+            _proc_dev = -1
+    return st.st_dev == _proc_dev
 
 
 class _Walk:
     """One walk down a path: the directory reached so far, and the names left."""
 
-    __slots__ = ("create", "dangling", "dirfd", "here", "links", "names")
+    __slots__ = ("create", "dangling", "dir_st", "dirfd", "here", "links", "names")
 
     def __init__(self, path: str, create: bool) -> None:
         self.create = create
@@ -103,12 +126,13 @@ class _Walk:
         self.here = "/"  # the directory's path, as walked (for messages only)
         self.links = 0
         self.dirfd = -1
+        self.dir_st: os.stat_result  # the directory's, set with dirfd
         # (link, its directory): a link met last in a shared directory, whose
         # target must not be created.
         self.dangling: tuple[str, str] | None = None
 
     def open(self, flags: int, mode: int) -> int:
-        self.dirfd = os.open("/", _ROOT)
+        self._go(os.open("/", _ROOT), "/")
         try:
             if not self.names:  # the path is "/"
                 return os.open("/", flags & ~os.O_NOFOLLOW)
@@ -123,21 +147,33 @@ class _Walk:
         finally:
             os.close(self.dirfd)
 
+    def _go(self, fd: int, here: str) -> None:
+        """Make fd (a directory) the one the walk goes on from."""
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            os.close(fd)
+            raise
+        if self.dirfd >= 0:
+            os.close(self.dirfd)
+        self.dirfd, self.dir_st, self.here = fd, st, here
+
     def _enter(self, name: str) -> None:
         """Go down into the directory name (following it if it is a symlink)."""
         try:
             fd = os.open(name, _DIR, dir_fd=self.dirfd)
         except NotADirectoryError:  # a symlink (O_NOFOLLOW), or not a directory
-            if not self._follow(name):
+            if self._follow(name, -1, 0) < -1:
                 raise
             return
-        os.close(self.dirfd)
-        self.dirfd = fd
-        self.here = os.path.normpath(os.path.join(self.here, name))
+        parent, where = self.dir_st, os.path.join(self.here, name)
+        self._go(fd, os.path.normpath(where))
+        if _shared(parent):
+            _check_found(self.dir_st, parent, where, os.path.dirname(where))
 
     def _open_last(self, name: str, flags: int, mode: int) -> int:
         """The lock file itself; -1 when name was a symlink, now followed."""
-        dir_st = os.fstat(self.dirfd)
+        dir_st = self.dir_st
         shared = _shared(dir_st)
         where = os.path.join(self.here, name)
         if shared:
@@ -149,10 +185,10 @@ class _Walk:
             except FileNotFoundError:
                 st = None
             if st is not None and stat.S_ISLNK(st.st_mode):
-                self._follow_link(name, st, dir_st)
+                self._follow_link(name, st)
                 return -1
             if st is not None:
-                _check_owner(st, dir_st, where, self.here)
+                _check_found(st, dir_st, where, self.here)
                 flags &= ~os.O_CREAT
             elif self.create and not self.dangling:
                 flags |= os.O_CREAT | os.O_EXCL  # ours, or we look again
@@ -178,11 +214,10 @@ class _Walk:
             # since we looked: look again.
             if shared:
                 return self._again(name)
-            self._follow(name)
-            return -1
+            return self._follow(name, flags, mode)
         if shared:
             try:
-                _check_owner(os.fstat(fd), dir_st, where, self.here)
+                _check_found(os.fstat(fd), dir_st, where, self.here)
             except OSError:
                 os.close(fd)
                 raise
@@ -193,16 +228,37 @@ class _Walk:
         self.names.append(name)
         return -1
 
-    def _follow(self, name: str) -> bool:
-        """If name is a symlink in the current directory, follow it (True)."""
+    def _follow(self, name: str, flags: int, mode: int) -> int:
+        """Follow the symlink name in the current directory: -1 when followed,
+        -2 when name is no symlink, or, for the last name on /proc, the
+        descriptor of what it names (opened with flags)."""
         st = os.stat(name, dir_fd=self.dirfd, follow_symlinks=False)
         if not stat.S_ISLNK(st.st_mode):
-            return False
-        self._follow_link(name, st, os.fstat(self.dirfd))
-        return True
+            return -2
+        if _on_proc(self.dir_st):
+            return self._follow_proc(name, flags)
+        self._follow_link(name, st)
+        return -1
 
-    def _follow_link(self, name: str, st: os.stat_result, dir_st: os.stat_result) -> None:
-        """Go on from the symlink name (st) in the current directory (dir_st)."""
+    def _follow_proc(self, name: str, flags: int) -> int:
+        """A link of /proc (/proc/self/fd/N, /proc/PID/cwd): its text is no
+        path (a deleted file's, a pipe's, another mount namespace's), so the
+        kernel follows it, and the walk goes on from where it leads."""
+        self._count_link()
+        fd = os.open(name, os.O_PATH | os.O_CLOEXEC, dir_fd=self.dirfd)
+        if self.names:
+            self._go(fd, os.path.join(self.here, name))
+            return -1
+        try:
+            # Opening the O_PATH descriptor's own /proc link opens its file
+            # anew, with the access asked for: the one way to do that.
+            return os.open(f"/proc/self/fd/{fd}", flags & ~(os.O_CREAT | os.O_NOFOLLOW), 0)
+        finally:
+            os.close(fd)
+
+    def _follow_link(self, name: str, st: os.stat_result) -> None:
+        """Go on from the symlink name (st) in the current directory."""
+        dir_st = self.dir_st
         if _shared(dir_st):
             where = os.path.join(self.here, name)
             if st.st_uid not in (os.geteuid(), dir_st.st_uid):
@@ -218,10 +274,7 @@ class _Walk:
         target = os.readlink(name, dir_fd=self.dirfd)
         self.names.extend(name for name in reversed(target.split("/")) if name)
         if target.startswith("/"):
-            os.close(self.dirfd)
-            self.dirfd = -1
-            self.dirfd = os.open("/", _ROOT)
-            self.here = "/"
+            self._go(os.open("/", _ROOT), "/")
 
     def _count_link(self) -> None:
         self.links += 1
