@@ -38,7 +38,7 @@
 #define RESEND_FIRST_NS 50000LL
 #define RESEND_MAX_SHIFT 7
 /* Deadlines further out than this are no deadline (keeps int64 ns safe). */
-#define MAX_TIMEOUT_S 4.0e9
+#define MAX_DEADLINE_S 4.0e9
 
 enum { IDLE = 0, WAITING = 1 };
 
@@ -53,8 +53,21 @@ struct tf_waiter {
     size_t slot;            /* index in the heap, or NOT_QUEUED */
 };
 
+/* What the scheduler sleeps on (CLOCK_MONOTONIC). Each one is initialised
+ * once and never destroyed. A forked child must not use one that its
+ * parent's scheduler was waiting on at fork(): that waiter does not exist in
+ * the child, yet glibc would wait for it to leave before a later signal.
+ * Initialising it again is undefined (POSIX), so such a child starts a new
+ * one and keeps the old one reachable (prev) without touching it. */
+struct wake {
+    pthread_cond_t cond;
+    struct wake *prev;
+};
+
 static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t wake;             /* CLOCK_MONOTONIC; set up with the scheduler */
+static struct wake first_wake;          /* initialised at load */
+static struct wake *wake = &first_wake;
+static int wake_inherited;              /* in a child: wake may have a phantom waiter */
 static int scheduler_running;
 static unsigned long epoch;             /* bumped in a forked child */
 static int signo = SIGURG;
@@ -87,8 +100,6 @@ int tf_set_signal(int sig)
     pthread_mutex_unlock(&mu);
     return 0;
 }
-
-int tf_get_signal(void) { return signo; }
 
 /* With mu held. Ours, or free to take (SIG_DFL): install the no-op handler
  * without SA_RESTART. Anything else belongs to someone else (a Python
@@ -185,7 +196,7 @@ static void heap_push(tf_waiter *w)
     sift_up(w->slot);
     /* A new earliest event: the scheduler may be sleeping until a later one. */
     if (heap[0] == w)
-        pthread_cond_signal(&wake);
+        pthread_cond_signal(&wake->cond);
 }
 
 static void heap_remove(tf_waiter *w)
@@ -225,7 +236,7 @@ static void *scheduler_main(void *arg)
     pthread_mutex_lock(&mu);
     for (;;) {
         if (heap_len == 0) {
-            pthread_cond_wait(&wake, &mu);
+            pthread_cond_wait(&wake->cond, &mu);
             continue;
         }
         tf_waiter *w = heap[0];
@@ -233,7 +244,7 @@ static void *scheduler_main(void *arg)
         if (w->due > now) {
             struct timespec ts = {(time_t)(w->due / 1000000000LL),
                                   (long)(w->due % 1000000000LL)};
-            pthread_cond_timedwait(&wake, &mu, &ts);
+            pthread_cond_timedwait(&wake->cond, &mu, &ts);
             continue;
         }
         heap_remove(w);
@@ -246,15 +257,28 @@ static void *scheduler_main(void *arg)
 
 /* With mu held. The scheduler blocks every signal, so that none meant for
  * Python (SIGINT, ...) is delivered to a thread that cannot act on it. */
+static void init_wake(struct wake *w)
+{
+    pthread_condattr_t attr;
+    pthread_condattr_init(&attr);
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    pthread_cond_init(&w->cond, &attr);
+    pthread_condattr_destroy(&attr);
+}
+
 static int ensure_scheduler(void)
 {
     if (scheduler_running)
         return 0;
-    pthread_condattr_t attr;
-    pthread_condattr_init(&attr);
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    pthread_cond_init(&wake, &attr);
-    pthread_condattr_destroy(&attr);
+    if (wake_inherited) {
+        struct wake *fresh = calloc(1, sizeof *fresh);
+        if (fresh == NULL)
+            return -ENOMEM;
+        init_wake(fresh);
+        fresh->prev = wake;
+        wake = fresh;
+        wake_inherited = 0;
+    }
 
     sigset_t all, old;
     sigfillset(&all);
@@ -268,10 +292,8 @@ static int ensure_scheduler(void)
     pthread_t tid;
     int rc = pthread_create(&tid, NULL, scheduler_main, NULL);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (rc != 0) {
-        pthread_cond_destroy(&wake);
+    if (rc != 0)
         return -rc;
-    }
     pthread_detach(tid);
     scheduler_running = 1;
     return 0;
@@ -289,15 +311,18 @@ static void after_fork_child(void)
         heap[i]->slot = NOT_QUEUED;
     heap_len = 0;
     waiting = 0;
+    wake_inherited = wake_inherited || scheduler_running;
     scheduler_running = 0;
     epoch++;
     pthread_mutex_unlock(&mu);
 }
 
-/* At load time, before any entry point can take mu: a fork while mu is held
- * without these handlers would leave the child's mu locked for ever. */
-__attribute__((constructor)) static void register_fork_handlers(void)
+/* At load time, before any entry point can take mu: the first wake, and the
+ * fork handlers (a fork while mu is held without them would leave the
+ * child's mu locked for ever). */
+__attribute__((constructor)) static void load(void)
 {
+    init_wake(&first_wake);
     pthread_atfork(before_fork, after_fork_parent, after_fork_child);
 }
 
@@ -327,15 +352,15 @@ int tf_try(int fd, int op, const char *path, unsigned long long dev, unsigned lo
     return verify(fd, path, dev, ino);
 }
 
-tf_waiter *tf_waiter_new(double timeout)
+tf_waiter *tf_waiter_new(double deadline)
 {
     tf_waiter *w = calloc(1, sizeof *w);
     if (w == NULL)
         return NULL;
     w->slot = NOT_QUEUED;
     w->deadline = INT64_MAX;
-    if (timeout >= 0 && timeout < MAX_TIMEOUT_S)
-        w->deadline = now_ns() + (int64_t)(timeout * 1e9);
+    if (deadline >= 0 && deadline < MAX_DEADLINE_S) /* false for NaN too */
+        w->deadline = (int64_t)(deadline * 1e9);
     return w;
 }
 

@@ -19,7 +19,6 @@ const char *tf_version(void);
 
 /* Choose the interrupt signal; call before the first wait. */
 int tf_set_signal(int signo);
-int tf_get_signal(void);
 
 /* 1 when the interrupt signal's handler is ours (or can be made ours), 0 when not. */
 int tf_handler_ready(void);
@@ -28,9 +27,10 @@ int tf_handler_ready(void);
  * the file (dev, ino) that fd is open on. */
 int tf_try(int fd, int op, const char *path, unsigned long long dev, unsigned long long ino);
 
-/* A waiter ends at its deadline (timeout in seconds; negative: none) or when
+/* A waiter ends at its deadline (absolute, in seconds on CLOCK_MONOTONIC,
+ * the clock of Python's time.monotonic(); negative: none) or when
  * tf_cancel() is called on it from any thread. */
-tf_waiter *tf_waiter_new(double timeout);
+tf_waiter *tf_waiter_new(double deadline);
 void tf_waiter_free(tf_waiter *w);
 
 /* Block in flock(fd, op) until the lock is granted or the waiter is ended. */

@@ -109,6 +109,14 @@ def test_missing_directory_is_a_clear_error(tmp_path: Path) -> None:
         TouchFile(tmp_path / "nodir" / "x.lock")
 
 
+def test_empty_path_is_file_not_found() -> None:
+    """TouchFile("") is FileNotFoundError, as open("") is (it used to lock the
+    current directory)."""
+    with pytest.raises(FileNotFoundError) as caught:
+        TouchFile("")
+    assert caught.value.filename == ""
+
+
 def test_directory_can_be_locked(tmp_path: Path) -> None:
     """A directory is a valid lock file, as flock(1) allows."""
     with TouchFile(tmp_path) as tf, tf.lock():

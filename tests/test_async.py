@@ -146,7 +146,7 @@ def test_asyncio_cancellation_ends_kernel_wait(tf: TouchFile, blocker: Blocker, 
         assert not tf.locked()
 
     run(main)
-    wait_until(lambda: not tf._held and len(tf._idle) >= 1)
+    wait_until(lambda: not tf._locks.held and len(tf._locks.idle) >= 1)
 
 
 def test_timeout_and_context(tf: TouchFile, blocker: Blocker) -> None:

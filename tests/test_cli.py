@@ -178,12 +178,26 @@ def test_unusable_lock_file_permission_denied(workdir: Path) -> None:
     assert proc.stderr == f"touchfile: cannot open lock file {private / 'L'}: Permission denied\n"
 
 
-def test_bad_environment_is_a_clear_error(workdir: Path) -> None:
-    """A bad TOUCHFILE_NATIVE setting: one line, status 78, nothing run."""
-    env = {**os.environ, "TOUCHFILE_NATIVE": "maybe"}
+@pytest.mark.parametrize("name,value", [("TOUCHFILE_NATIVE", "maybe"),
+                                        ("TOUCHFILE_SIGNAL", "SIGKILL")])  # fmt: skip
+def test_bad_environment_is_a_clear_error(workdir: Path, name: str, value: str) -> None:
+    """A bad TOUCHFILE_NATIVE or TOUCHFILE_SIGNAL: one line, status 78, nothing run
+    (not a traceback and status 1, the busy status)."""
+    env = {**os.environ, name: value}
     proc = run([TOUCHFILE, "L", "echo", "ran"], cwd=workdir, env=env)
     assert (proc.returncode, proc.stdout) == (78, "")
-    assert proc.stderr.startswith("touchfile: TOUCHFILE_NATIVE") and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith(f"touchfile: {name}={value!r}") or proc.stderr.startswith(
+        f"touchfile: {name} must be"
+    )
+    assert proc.stderr.count("\n") == 1
+
+
+def test_empty_lock_file_name(tmp_path: Path) -> None:
+    """An empty LOCKFILE cannot be opened, as with flock(1): one line, status 66,
+    nothing run (it used to lock the current directory)."""
+    proc = run([TOUCHFILE, "", "echo", "ran"], cwd=tmp_path)
+    assert (proc.returncode, proc.stdout) == (66, "")
+    assert proc.stderr == "touchfile: cannot open lock file : No such file or directory\n"
 
 
 def test_lock_file_created_never_truncated(tmp_path: Path) -> None:
@@ -704,11 +718,15 @@ def test_holders_omits_a_taker_that_passed_the_lock_on(
     """A process that took the lock, passed it to a child and closed its copy holds
     nothing; the child is the holder."""
     code = f"""
-import fcntl, os, subprocess, sys
+import fcntl, os, subprocess, sys, time
 fd = os.open({lock_path!r}, os.O_RDWR | os.O_CREAT)
 fcntl.flock(fd, fcntl.LOCK_EX)
 child = subprocess.Popen(["sleep", "30"], pass_fds=[fd])
 os.close(fd)
+# Popen returns as soon as exec closes its pipe, before the kernel has set
+# up the new program's arguments: until then /proc/PID/cmdline is empty.
+while not open(f"/proc/{{child.pid}}/cmdline", "rb").read():
+    time.sleep(0.001)
 print(child.pid, flush=True)
 sys.stdin.readline()
 child.kill()

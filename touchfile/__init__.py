@@ -8,10 +8,12 @@ Example::
         ...  # one process (and one thread) at a time
 """
 
+from . import _fork  # noqa: F401  (after fork(), in the child)
 from ._context import Context
 from ._errors import LockCancelled, LockError, LockTimeout
 from ._holders import LockHolder
-from ._lock import EXCLUSIVE, SHARED, LockType, TouchFile
+from ._kinds import EXCLUSIVE, SHARED, LockType
+from ._lock import TouchFile
 from ._version import __version__
 
 __all__ = [

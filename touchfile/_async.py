@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import _thread
 import asyncio
-import os
 import queue
 import threading
-import time
 from typing import TYPE_CHECKING, Callable
 
+from ._acquire import Request, begin
 from ._context import Context
-from ._native import OK
 
 if TYPE_CHECKING:
-    from ._lock import LockType, TouchFile, _Handle
+    from ._lock import TouchFile
 
 IDLE_SECONDS = 10.0
 
@@ -69,15 +67,12 @@ class _Threads:
 _threads = _Threads()
 
 
-def _reset_after_fork() -> None:
+def reset_after_fork() -> None:
     global _threads
     _threads = _Threads()  # the parent's threads do not exist in the child
 
 
-os.register_at_fork(after_in_child=_reset_after_fork)
-
-
-class _Wait:
+class _State:
     """One wait in a thread; settled by the thread or abandoned by the task."""
 
     __slots__ = ("abandoned", "error", "finished", "mutex")
@@ -89,52 +84,23 @@ class _Wait:
         self.error: BaseException | None = None  # ... with this error, or the lock
 
 
-async def acquire(
-    tf: TouchFile, kind: LockType | str, timeout: float | None, ctx: Context | None
-) -> None:
-    """TouchFile.acquire_async()."""
-    from ._lock import _op_of
-
-    op = _op_of(kind)
-    start = time.monotonic()  # one reading: for the deadline, and the errors' waited
-    deadline = tf._deadline(kind, timeout, ctx, start)
+async def acquire(tf: TouchFile, kind: object, timeout: object, ctx: Context | None) -> None:
+    """TouchFile.acquire_async(): the first try on the loop, a wait in a thread."""
     task = asyncio.current_task()
     if task is None:
         raise RuntimeError("acquire_async() must be awaited in an asyncio task")
     tf._async = True
-    if tf._closed or task in tf._held:
-        raise tf._misuse(task)
-    try:
-        handle = tf._idle.pop()
-    except IndexError:
-        handle = tf._new_handle()
-    try:
-        rc = tf._try(handle.fd, op, tf._bpath, handle.dev, handle.ino)
-    except BaseException:
-        tf._put_back(handle)
-        raise
-    if rc != OK:
-        await _wait_in_thread(tf, handle, op, kind, deadline, ctx, rc, start)
-    tf._held[task] = handle
-    if tf._closed:
-        raise tf._closed_while_taking(task, handle)
+    request = begin(tf._locks, kind, timeout, ctx, task)
+    if request is not None:
+        await _wait_in_thread(request)
 
 
-async def _wait_in_thread(
-    tf: TouchFile,
-    handle: _Handle,
-    op: int,
-    kind: LockType | str,
-    deadline: float,
-    ctx: Context | None,
-    rc: int,
-    start: float,
-) -> None:
-    """Wait in a thread until handle holds the lock; raise as acquire() would."""
+async def _wait_in_thread(request: Request) -> None:
+    """request.wait() in a thread, then commit() in the task; raise as it does."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
-    stop = Context.with_cancel(parent=ctx)  # cancelled with the task
-    state = _Wait()
+    stop = Context.with_cancel(parent=request.ctx)  # cancelled with the task
+    state = _State()
 
     def settle(error: BaseException | None) -> None:  # on the loop
         if not done.done():
@@ -146,7 +112,7 @@ async def _wait_in_thread(
     def wait() -> None:  # in a thread
         error: BaseException | None = None
         try:
-            tf._wait(handle, op, kind, deadline, stop, rc, start)
+            request.wait(stop)
         except BaseException as e:
             error = e
         with state.mutex:
@@ -158,7 +124,7 @@ async def _wait_in_thread(
                 return
             except RuntimeError:  # the loop is closed: nobody will take the lock
                 pass
-        _give_back(tf, handle, error)
+        request.abandon()
 
     _threads.run(wait)
     try:
@@ -166,19 +132,13 @@ async def _wait_in_thread(
     except asyncio.CancelledError:
         with state.mutex:
             state.abandoned = True
-            finished, error = state.finished, state.error
+            finished = state.finished
         if finished:  # granted (or failed) as we were cancelled: give it back
-            _give_back(tf, handle, error)
+            request.abandon()
         else:
             stop.cancel()  # the thread ends its wait, and gives the handle back
         raise
     except BaseException:
-        tf._put_back(handle)  # the wait failed: nothing is locked
+        request.abandon()  # the wait failed: nothing is locked
         raise
-
-
-def _give_back(tf: TouchFile, handle: _Handle, error: BaseException | None) -> None:
-    """Return a handle whose wait nobody is there to take; unlock it if it was granted."""
-    if error is None:
-        handle.unlock()
-    tf._put_back(handle)
+    request.commit()

@@ -23,7 +23,8 @@ from typing import Any, NoReturn, TextIO
 from ._context import check_timeout
 from ._errors import LockError
 from ._holders import LockHolder, holders
-from ._lock import EXCLUSIVE, SHARED, LockType, TouchFile
+from ._kinds import EXCLUSIVE, SHARED, LockType
+from ._lock import TouchFile
 from ._version import __version__
 
 # sysexits.h, as flock(1) uses them.

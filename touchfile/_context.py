@@ -9,31 +9,27 @@ Waits attach themselves while they block, so cancel() ends them at once.
 from __future__ import annotations
 
 import math
-import os
 import threading
 import time
 import weakref
 from typing import Protocol
 
-from ._native import CANCELLED
+from ._native import Outcome
 
 # Guards the tree: cancel flags, children and attached waits. Held briefly,
 # never while calling out.
 _tree = threading.Lock()
 
 
-def _reset_after_fork() -> None:
+def reset_after_fork() -> None:
     # A thread of the parent may have held it at fork(); that thread does not
     # exist in the child, so the copy would stay locked for ever.
     global _tree
     _tree = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_reset_after_fork)
-
-
 class _Cancellable(Protocol):
-    def cancel(self, reason: int) -> None: ...
+    def cancel(self, reason: Outcome) -> None: ...
 
 
 def check_timeout(timeout: object) -> float:
@@ -134,7 +130,7 @@ class Context:
                 ctx._waits.clear()
                 todo.extend(ctx._children)
         for wait in waits:
-            wait.cancel(CANCELLED)
+            wait.cancel(Outcome.CANCELLED)
 
     def __repr__(self) -> str:
         state = "cancelled" if self._cancelled else f"remaining={self.remaining():.3f}s"

@@ -16,7 +16,7 @@ import shlex
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from ._lock import EXCLUSIVE, SHARED, LockType
+from ._kinds import EXCLUSIVE, SHARED, LockType
 
 _PROC = "/proc"
 

@@ -1,21 +1,37 @@
 """The only module that touches cffi: touchfile's native core, typed.
 
 Everything here mirrors _native/touchfile.h; see _native/touchfile.c for how
-the interrupt works. When the core is not built, AVAILABLE is False and
-touchfile polls instead.
+the interrupt works. Return codes become an Outcome here (a negative one,
+-errno, an OSError), so nothing above this module sees a bare int. When the
+core is not built, AVAILABLE is False and touchfile polls instead.
 """
 
 from __future__ import annotations
 
+import enum
 import importlib
+import math
 import os
 import signal
 from typing import Any, Callable, Protocol, cast
 
 from ._version import __version__
 
-# Return codes of tf_try() and tf_wait() (negative values are -errno).
-OK, BUSY, STALE, INTERRUPTED, DEADLINE, CANCELLED, CLOSED, NO_HANDLER = range(8)
+
+class Outcome(enum.IntEnum):
+    """What a try or a wait came to: the core's TF_* codes (checked at load)."""
+
+    OK = 0  # the lock is held, and the path still names the locked file
+    BUSY = 1  # a try: held elsewhere
+    STALE = 2  # locked, but the path names another file now: unlocked again
+    INTERRUPTED = 3  # a signal not ours: run Python's handlers, then go on
+    DEADLINE = 4  # the wait's deadline passed
+    CANCELLED = 5  # the wait was cancelled (its context)
+    CLOSED = 6  # the wait was cancelled (its TouchFile was closed)
+    NO_HANDLER = 7  # the interrupt signal is someone else's: poll instead
+
+
+_OUTCOMES = tuple(Outcome)  # by value, for the hot path
 
 _ALLOWED = "SIGURG, SIGUSR1, SIGUSR2, or SIGRTMIN+N / SIGRTMAX-N"
 
@@ -25,7 +41,7 @@ class _Lib(Protocol):
     def tf_set_signal(self, signo: int) -> int: ...
     def tf_handler_ready(self) -> int: ...
     def tf_try(self, fd: int, op: int, path: bytes, dev: int, ino: int) -> int: ...
-    def tf_waiter_new(self, timeout: float) -> Any: ...
+    def tf_waiter_new(self, deadline: float) -> Any: ...
     def tf_waiter_free(self, waiter: Any) -> None: ...
     def tf_wait(self, w: Any, fd: int, op: int, path: bytes, dev: int, ino: int) -> int: ...
     def tf_cancel(self, w: Any, reason: int) -> None: ...
@@ -39,7 +55,10 @@ class _FFI(Protocol):
 
 
 def parse_signal(text: str) -> int:
-    """The interrupt signal named by TOUCHFILE_SIGNAL ("SIGURG", "SIGRTMIN+3", "23")."""
+    """The interrupt signal named by TOUCHFILE_SIGNAL ("SIGURG", "SIGRTMIN+3", "23").
+
+    Raises ValueError for anything but a signal touchfile can use.
+    """
     name = text.strip().upper()
     if name.isdigit():
         number = int(name)
@@ -64,8 +83,7 @@ def _load() -> tuple[_FFI, _Lib] | None:
     except ImportError:
         return None
     ffi, lib = cast(_FFI, core.ffi), cast(_Lib, core.lib)
-    names = ("OK", "BUSY", "STALE", "INTERRUPTED", "DEADLINE", "CANCELLED", "CLOSED", "NO_HANDLER")
-    if [getattr(core.lib, "TF_" + name) for name in names] != list(range(len(names))):
+    if any(getattr(lib, "TF_" + outcome.name) != outcome for outcome in Outcome):
         raise ImportError("touchfile's native core disagrees on its return codes: reinstall")
     built_for = ffi.string(lib.tf_version()).decode()
     if built_for != __version__:
@@ -79,13 +97,20 @@ def _load() -> tuple[_FFI, _Lib] | None:
 
 _loaded = _load()
 AVAILABLE = _loaded is not None
-SIGNAL = parse_signal(os.environ.get("TOUCHFILE_SIGNAL", "SIGURG"))
 if _loaded is not None:
     _ffi, _lib = _loaded
-    _lib.tf_set_signal(SIGNAL)
-    try_lock: Callable[[int, int, bytes, int, int], int] | None = _lib.tf_try
-else:
-    try_lock = None
+    _tf_try = _lib.tf_try
+
+# The interrupt signal, once use_signal() has chosen it (SIGURG until then).
+SIGNAL = int(signal.SIGURG)
+
+
+def use_signal(signo: int) -> None:
+    """Make signo the interrupt signal (before the first wait)."""
+    global SIGNAL
+    SIGNAL = signo
+    if _loaded is not None:
+        _lib.tf_set_signal(signo)
 
 
 def handler_ready() -> bool:
@@ -93,19 +118,42 @@ def handler_ready() -> bool:
     return _loaded is not None and bool(_lib.tf_handler_ready())
 
 
+def _errno(rc: int, path: bytes) -> OSError:
+    return OSError(-rc, os.strerror(-rc), os.fsdecode(path))
+
+
+def try_lock(
+    fd: int, op: int, path: bytes, dev: int, ino: int, _outcomes: tuple[Outcome, ...] = _OUTCOMES
+) -> Outcome:
+    """One flock(fd, op | LOCK_NB), then check that path still names (dev, ino):
+    OK, BUSY, STALE or INTERRUPTED. Raises OSError for any other error."""
+    rc = _tf_try(fd, op, path, dev, ino)
+    if rc < 0:
+        raise _errno(rc, path)
+    return _outcomes[rc]  # a local: this is every acquisition's path
+
+
 class Waiter:
     """One native wait: blocks in flock() until granted, its deadline, or cancel()."""
 
     __slots__ = ("_w",)
 
-    def __init__(self, timeout: float) -> None:
-        w = _lib.tf_waiter_new(timeout)
+    def __init__(self, deadline: float) -> None:
+        """deadline: absolute, on time.monotonic()'s clock (CLOCK_MONOTONIC on
+        Linux, as the core's); math.inf for none."""
+        w = _lib.tf_waiter_new(-1.0 if deadline == math.inf else deadline)
         if w == _ffi.NULL:
             raise MemoryError("touchfile: cannot allocate a waiter")
         self._w = _ffi.gc(w, _lib.tf_waiter_free)
 
-    def wait(self, fd: int, op: int, path: bytes, dev: int, ino: int) -> int:
-        return _lib.tf_wait(self._w, fd, op, path, dev, ino)
+    def wait(self, fd: int, op: int, path: bytes, dev: int, ino: int) -> Outcome:
+        """OK, STALE, INTERRUPTED, NO_HANDLER, or the reason the wait ended.
+        Raises OSError for any other error."""
+        rc = _lib.tf_wait(self._w, fd, op, path, dev, ino)
+        if rc < 0:
+            raise _errno(rc, path)
+        return _OUTCOMES[rc]
 
-    def cancel(self, reason: int) -> None:
+    def cancel(self, reason: Outcome) -> None:
+        """End the wait with reason, now or when it starts (the first reason wins)."""
         _lib.tf_cancel(self._w, reason)

@@ -1,0 +1,280 @@
+"""The one acquisition path: normalize the request, take a handle, try, wait,
+commit, or raise. The sync API, the asyncio API and the command all use it,
+over any backend (_backend.py); it knows nothing of flock().
+
+begin() does everything a lock that is free needs, with no allocation beyond
+the backend's; only a busy lock makes a Request, whose wait() blocks (in the
+caller's thread, or in a thread of _async's) and whose commit() makes the
+caller the holder. ended() is the one place where an outcome becomes an
+exception.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+import weakref
+from typing import Any
+
+from ._backend import Backend, Waiter
+from ._context import Context, check_timeout
+from ._errors import LockCancelled, LockError, LockTimeout
+from ._kinds import EXCLUSIVE, SHARED, LockType, parse_kind
+from ._native import Outcome
+
+_monotonic = time.monotonic
+_INF = math.inf
+
+
+class Locks:
+    """The locks taken through one TouchFile: who holds what, and the idle
+    handles kept open between acquisitions.
+
+    Invariants. held maps each owner (a thread's ident, or an asyncio task)
+    to the one handle through which it holds its lock; idle holds handles
+    that hold no lock; a handle in neither is being used by an acquisition
+    in progress, which puts it in one of them or closes it. closed only goes
+    from False to True. The hot path (begin, commit, release) takes no mutex:
+    each step is one atomic dict or list operation (atomic under the GIL, and
+    per object in free-threaded builds), and close() sets closed before it
+    empties held, so either close() sees a new entry or its committer sees
+    closed; whoever pops an entry first releases it.
+    """
+
+    __slots__ = ("__weakref__", "backend", "closed", "handles", "held", "idle", "mutex", "waits")
+
+    def __init__(self, backend: Backend[Any, Any]) -> None:
+        self.backend = backend
+        self.closed = False
+        self.held: dict[object, Any] = {}
+        self.handles: weakref.WeakSet[Any] = weakref.WeakSet()  # every one, for fork
+        self.idle: list[Any] = [self.open()]  # opens (creates) the resource now
+        self.mutex = threading.Lock()  # guards waits, and close() against itself
+        self.waits: set[Waiter] = set()  # waits in progress, for close() to end
+        instances.add(self)
+
+    def open(self) -> Any:
+        handle = self.backend.open()
+        self.handles.add(handle)
+        return handle
+
+    def misuse(self, owner: object) -> LockError:
+        name = self.backend.name
+        if self.closed:
+            return LockError(f"{name} is closed", name)
+        return LockError(
+            f"this thread (or task) already holds a lock on {name}; release it first "
+            "(flock() cannot convert a lock atomically)",
+            name,
+        )
+
+    def give_back(self, handle: Any) -> None:
+        """A handle that may hold a lock (an acquisition that failed or was
+        abandoned) goes back to the pool, unlocked: an exception may land
+        after the lock was granted, and a pooled handle must hold nothing."""
+        if not handle.closed:
+            self.backend.release(handle)
+            self.idle.append(handle)
+        if self.closed:  # close() may have drained the pool before our append
+            self._close_idle()
+
+    def commit(self, owner: object, handle: Any) -> None:
+        """owner holds the lock through handle now (unless close() came)."""
+        self.held[owner] = handle
+        if self.closed:
+            raise self.closed_while_taking(owner, handle)
+
+    def closed_while_taking(self, owner: object, handle: Any) -> LockError:
+        """close() came as owner took the lock through handle: undo, and say so."""
+        if self.held.pop(owner, None) is handle:
+            self.backend.release(handle)
+            self.backend.close(handle)
+        name = self.backend.name
+        return LockError(f"{name} was closed while the lock was being taken", name)
+
+    def release(self, owner: object) -> None:
+        handle = self.held.pop(owner, None)
+        if handle is None:
+            why = " (close() released it)" if self.closed else ""
+            name = self.backend.name
+            raise LockError(f"this thread holds no lock on {name}{why}", name)
+        self.backend.release(handle)
+        if not handle.closed:
+            self.idle.append(handle)
+        if self.closed:
+            self._close_idle()
+
+    def close(self) -> None:
+        with self.mutex:
+            if self.closed:
+                return
+            self.closed = True
+            waits = list(self.waits)
+        for wait in waits:
+            wait.cancel(Outcome.CLOSED)
+        while True:
+            try:
+                _, handle = self.held.popitem()
+            except KeyError:
+                break
+            self.backend.release(handle)
+            self.backend.close(handle)
+        self._close_idle()
+        self.backend.discard()
+
+    def _close_idle(self) -> None:
+        while True:
+            try:
+                self.backend.close(self.idle.pop())
+            except IndexError:
+                return
+
+    def forget_inherited(self) -> None:
+        """In a forked child: the parent's locks are not ours; close every
+        handle, including those that threads of the parent were using (a copy
+        left open would keep the parent's lock alive). Closing a copy never
+        releases the parent's lock (that needs an unlock, or the last copy to
+        close), so the child can neither release nor break what it holds."""
+        self.mutex = threading.Lock()  # may have been held by another thread
+        self.held = {}
+        self.idle = []
+        self.waits = set()
+        for handle in list(self.handles):
+            self.backend.close(handle)
+
+
+instances: weakref.WeakSet[Locks] = weakref.WeakSet()
+
+
+def begin(
+    locks: Locks, kind: object, timeout: object, ctx: Context | None, owner: object
+) -> Request | None:
+    """Take the lock for owner if it is free: then None, and owner holds it.
+    If it is busy, the Request that waits for it.
+
+    Raises TypeError or ValueError (a bad kind, timeout or ctx), LockError
+    (misuse, closed), LockTimeout or LockCancelled (a ctx that is done, or
+    timeout=0 on a busy lock), OSError or LockError from the backend.
+    """
+    if kind is not EXCLUSIVE and kind is not SHARED:
+        kind = parse_kind(kind)
+    start = deadline = _INF
+    if timeout is not None or ctx is not None:
+        start = _monotonic()  # one reading: the deadline's, and the errors' waited
+        deadline = _deadline(locks.backend.name, kind, timeout, ctx, start)
+    if locks.closed or owner in locks.held:
+        raise locks.misuse(owner)
+    try:
+        handle = locks.idle.pop()
+    except IndexError:
+        handle = None
+    try:
+        if handle is None:
+            handle = locks.open()
+        if not locks.backend.try_lock(handle, kind):
+            if start == _INF:
+                start = _monotonic()
+            if deadline <= start or deadline <= _monotonic():
+                raise ended(Outcome.DEADLINE, locks.backend.name, kind, _monotonic() - start)
+            return Request(locks, handle, kind, deadline, ctx, owner, start)
+    except BaseException:
+        if handle is not None:
+            locks.give_back(handle)
+        raise
+    locks.held[owner] = handle  # as commit(), inline: the hot path
+    if locks.closed:
+        raise locks.closed_while_taking(owner, handle)
+    return None
+
+
+def _deadline(name: str, kind: LockType, timeout: object, ctx: object, now: float) -> float:
+    """The wait's absolute deadline, for a call made at now."""
+    deadline = math.inf
+    seconds = check_timeout(timeout)
+    if seconds != math.inf:
+        deadline = now + seconds
+    if ctx is not None:
+        if not isinstance(ctx, Context):
+            raise TypeError(f"ctx must be a Context or None, not {ctx!r}")
+        # A context that is done fails at once, even when the lock is free.
+        if ctx.cancelled:
+            raise ended(Outcome.CANCELLED, name, kind, 0.0)
+        if ctx.deadline <= now:
+            raise ended(Outcome.DEADLINE, name, kind, 0.0)
+        deadline = min(deadline, ctx.deadline)
+    return deadline
+
+
+class Request:
+    """A busy lock's acquisition in progress: the normalized request, and the
+    handle it holds on to until commit() or abandon()."""
+
+    __slots__ = ("ctx", "deadline", "handle", "kind", "locks", "owner", "start")
+
+    def __init__(
+        self,
+        locks: Locks,
+        handle: Any,
+        kind: LockType,
+        deadline: float,
+        ctx: Context | None,
+        owner: object,
+        start: float,
+    ) -> None:
+        self.locks = locks
+        self.handle = handle
+        self.kind = kind
+        self.deadline = deadline  # absolute, time.monotonic(); math.inf for none
+        self.ctx = ctx
+        self.owner = owner
+        self.start = start  # when the call began, for the errors' waited
+
+    def finish(self) -> None:
+        """wait(), then commit(); abandon() if either fails."""
+        try:
+            self.wait(self.ctx)
+        except BaseException:
+            self.abandon()
+            raise
+        self.locks.commit(self.owner, self.handle)
+
+    def wait(self, ctx: Context | None) -> None:
+        """Block until the handle holds the lock, the deadline passes, ctx
+        (the request's own, or one derived from it) is cancelled or the
+        TouchFile is closed. Raises as begin() does."""
+        locks, backend = self.locks, self.locks.backend
+        waiter = backend.waiter(self.deadline)
+        with locks.mutex:
+            if locks.closed:
+                waiter.cancel(Outcome.CLOSED)
+            locks.waits.add(waiter)
+        try:
+            if ctx is not None and not ctx._attach(waiter):
+                waiter.cancel(Outcome.CANCELLED)
+            outcome = backend.wait(self.handle, self.kind, waiter)
+        finally:
+            if ctx is not None:
+                ctx._detach(waiter)
+            with locks.mutex:
+                locks.waits.discard(waiter)
+        if outcome is not Outcome.OK:
+            raise ended(outcome, backend.name, self.kind, _monotonic() - self.start)
+
+    def commit(self) -> None:
+        self.locks.commit(self.owner, self.handle)
+
+    def abandon(self) -> None:
+        """Nobody will take this lock: give the handle back (unlocked)."""
+        self.locks.give_back(self.handle)
+
+
+def ended(outcome: Outcome, name: str, kind: LockType, waited: float) -> LockError:
+    """The exception for a wait that ended without the lock."""
+    if outcome is Outcome.DEADLINE:
+        return LockTimeout(name, kind, waited)
+    if outcome is Outcome.CANCELLED:
+        return LockCancelled(name, kind, waited)
+    if outcome is Outcome.CLOSED:
+        return LockError(f"{name} was closed while waiting for its lock", name)
+    raise AssertionError(f"a wait cannot end with {outcome!r}")  # a bug in a backend

@@ -1,0 +1,86 @@
+"""The seam between the one acquisition path and the engines that lock.
+
+A backend owns one lockable resource (a lock file, for flock()) and the
+handles through which it is locked: each handle can hold one lock at a time.
+The acquisition path (_acquire.py) knows nothing of how: it asks a backend
+for a handle, tries once, waits, and turns the outcome into an exception.
+
+Outcomes are _native.Outcome values, whichever the backend: a wait ends OK,
+or with the reason its waiter was given (DEADLINE, CANCELLED, CLOSED).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, TypeVar
+
+if TYPE_CHECKING:
+    from ._holders import LockHolder
+    from ._kinds import LockType
+    from ._native import Outcome
+
+
+class Handle(Protocol):
+    @property
+    def closed(self) -> bool:
+        """True once closed (it can then never be locked again)."""
+        ...
+
+
+class Waiter(Protocol):
+    def cancel(self, reason: Outcome) -> None:
+        """End the wait with reason, now or when it starts; safe from any
+        thread and more than once (the first reason wins)."""
+        ...
+
+
+H = TypeVar("H", bound=Handle)
+W = TypeVar("W", bound=Waiter)
+
+
+class Backend(Protocol[H, W]):
+    """One lockable resource, and the steps of taking and giving back its lock."""
+
+    name: str  # what is locked, as errors name it (a path)
+
+    @property
+    def native(self) -> bool:
+        """True when waits block where the lock is kept (the kernel), False
+        when they poll."""
+        ...
+
+    def open(self) -> H:
+        """A new handle on the resource. Raises OSError or LockError."""
+        ...
+
+    def try_lock(self, handle: H, kind: LockType) -> bool:
+        """One try that never waits: True when handle now holds the lock,
+        False when it is busy. Raises OSError or LockError."""
+        ...
+
+    def waiter(self, deadline: float) -> W:
+        """A waiter for one wait that ends by itself at deadline (absolute,
+        time.monotonic(); math.inf for none), or when cancelled."""
+        ...
+
+    def wait(self, handle: H, kind: LockType, waiter: W) -> Outcome:
+        """Block until handle holds the lock (OK) or waiter ends the wait
+        (the reason it was given). Raises OSError or LockError."""
+        ...
+
+    def release(self, handle: H) -> None:
+        """Give back the lock that handle holds (nothing if it holds none)."""
+        ...
+
+    def close(self, handle: H) -> None:
+        """Close handle without touching a lock another process shares
+        through it (after fork(), say)."""
+        ...
+
+    def holders(self) -> list[LockHolder]:
+        """The processes holding a lock on the resource now."""
+        ...
+
+    def discard(self) -> None:
+        """Done with the resource: every handle is closed (a temporary lock
+        file is removed)."""
+        ...

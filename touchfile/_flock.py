@@ -1,0 +1,400 @@
+"""flock() on a lock file: the local backend, waiting natively or by polling.
+
+Each handle is one open file description of the lock file (flock() locks
+belong to those), so the kernel alone decides who holds the lock: handles
+of one process exclude each other exactly as processes do. After every grant
+the path is checked to still name the handle's file (dev, ino); when it does
+not (the file was deleted or replaced), the handle is reopened on the file
+the path names now and the lock is tried again.
+
+FlockNative waits in a flock() that blocks in the kernel and that its
+waiter's deadline or cancel() ends with a thread-targeted signal (see
+_native/touchfile.c). FlockPolling, the fallback where that cannot be used,
+retries flock(LOCK_NB) and sleeps on an Event that cancel() sets.
+
+choose() is the one place that reads TOUCHFILE_NATIVE and TOUCHFILE_SIGNAL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import signal
+import tempfile
+import threading
+import time
+import warnings
+from typing import Callable
+
+from . import _native
+from ._errors import LockError
+from ._holders import LockHolder, holders
+from ._kinds import EXCLUSIVE, LockType
+from ._native import Outcome
+from ._open import open_lock_file
+
+OK, BUSY, STALE, INTERRUPTED = Outcome.OK, Outcome.BUSY, Outcome.STALE, Outcome.INTERRUPTED
+DEADLINE, NO_HANDLER = Outcome.DEADLINE, Outcome.NO_HANDLER
+
+_EX, _SH = fcntl.LOCK_EX, fcntl.LOCK_SH
+
+# What flock(LOCK_EX) fails with on NFS through a read-only descriptor: the
+# client emulates flock() with byte-range locks, and a write lock needs a
+# descriptor open for writing (EBADF; EIO on older kernels).
+_NEEDS_WRITE = (errno.EBADF, errno.EIO)
+
+# Polling backs off from 1 ms to 10 ms: a released lock is seen 5 ms late on
+# average once the wait is long, for about 100 wake-ups a second.
+POLL_FIRST = 0.001
+POLL_MAX = 0.010
+
+_signal_chosen = False
+
+
+def choose(path: str | None, mode: int) -> FlockPolling:
+    """The flock backend for path (None: a new temporary lock file), as
+    TOUCHFILE_NATIVE says: unset = native if built, "1" = native required,
+    "0" = poll. Opens (creates) the lock file.
+
+    Raises ValueError for a bad TOUCHFILE_NATIVE or TOUCHFILE_SIGNAL,
+    RuntimeError when TOUCHFILE_NATIVE=1 and the core is not built, and
+    OSError when the lock file cannot be opened.
+    """
+    global _signal_chosen
+    setting = os.environ.get("TOUCHFILE_NATIVE", "")
+    if setting not in ("", "0", "1"):
+        raise ValueError(f"TOUCHFILE_NATIVE must be 0 or 1, not {setting!r}")
+    if setting == "1" and not _native.AVAILABLE:
+        raise RuntimeError("TOUCHFILE_NATIVE=1, but touchfile's native core is not built")
+    if not _signal_chosen:
+        # Once per process: the handler of the first wait stays the one.
+        _native.use_signal(_native.parse_signal(os.environ.get("TOUCHFILE_SIGNAL", "SIGURG")))
+        _signal_chosen = True
+    cls = FlockNative if setting != "0" and _native.AVAILABLE else FlockPolling
+    return cls(path, mode)
+
+
+class FlockHandle:
+    """One open file description of the lock file, and the file it was opened on."""
+
+    __slots__ = ("__weakref__", "closed", "dev", "fd", "ino", "writable")
+
+    def __init__(self) -> None:
+        self.fd = -1
+        self.closed = True  # fd < 0 (a plain attribute: read on the hot path)
+        self.dev = self.ino = 0
+        self.writable = False
+
+    def opened(self, fd: int, writable: bool) -> None:
+        st = os.fstat(fd)
+        self.fd, self.dev, self.ino, self.writable = fd, st.st_dev, st.st_ino, writable
+        self.closed = False
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, -1
+        self.closed = True
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        # Never LOCK_UN here: after fork() the descriptor may be a copy of
+        # one the parent still locks with; closing a copy leaves that alone.
+        with contextlib.suppress(OSError):
+            self.close()
+
+
+def py_try_lock(fd: int, op: int, path: bytes, dev: int, ino: int) -> Outcome:
+    """_native.try_lock() in Python: one flock(LOCK_NB), then check that path
+    still names fd's file. Raises OSError for errors other than busy."""
+    try:
+        fcntl.flock(fd, op | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return BUSY
+    except OSError as error:  # as _native.try_lock()'s: naming the path
+        error.filename = os.fsdecode(path)
+        raise
+    try:
+        st = os.stat(path)
+        if st.st_dev == dev and st.st_ino == ino:
+            return OK
+    except OSError:
+        pass  # gone, or unreadable: reopening the path reports why
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return STALE
+
+
+class PollingWaiter:
+    """A polling wait until deadline (time.monotonic(); math.inf for none)."""
+
+    __slots__ = ("_event", "deadline", "reason")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.reason: Outcome | None = None  # why the wait must end, once it must
+        self._event = threading.Event()
+
+    def cancel(self, reason: Outcome) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self._event.set()
+
+    def block(self, handle: FlockHandle, op: int, path: bytes) -> Outcome:
+        """Retry until the lock is not busy (OK, STALE) or the wait ends."""
+        delay = POLL_FIRST
+        while True:
+            if self.reason is not None:
+                return self.reason
+            rc = py_try_lock(handle.fd, op, path, handle.dev, handle.ino)
+            if rc is not BUSY:
+                return rc
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                return DEADLINE
+            self._event.wait(min(delay, left))
+            delay = min(delay * 2, POLL_MAX)
+
+
+class FlockPolling:
+    """flock() on the lock file at a path, waiting by polling."""
+
+    __slots__ = ("_bpath", "_mode", "_temporary", "_try", "name")
+
+    @property
+    def native(self) -> bool:
+        return False
+
+    def __init__(self, path: str | None, mode: int) -> None:
+        # (dev, ino) of the private file of TouchFile(), never re-created:
+        # under its old, visible name it would be anyone's to replace.
+        self._temporary: tuple[int, int] | None = None
+        if path is None:
+            path, self._temporary = _make_temporary()
+        self.name = os.path.abspath(path)
+        self._bpath = os.fsencode(self.name)
+        self._mode = mode
+        # One non-blocking flock(), then the path's check: OK, BUSY, STALE or
+        # INTERRUPTED (taken as BUSY). An attribute, not a method: the hot path.
+        self._try: Callable[[int, int, bytes, int, int], Outcome] = self._try_function()
+
+    def _try_function(self) -> Callable[[int, int, bytes, int, int], Outcome]:
+        return py_try_lock
+
+    # ---- handles --------------------------------------------------------------
+
+    def open(self) -> FlockHandle:
+        handle = FlockHandle()
+        self._reopen(handle, writable=False)
+        return handle
+
+    def _reopen(self, handle: FlockHandle, writable: bool) -> None:
+        """(Re)open handle on the file the path names now."""
+        handle.close()
+        temporary = self._temporary
+        if temporary is not None and _identity(self.name) != temporary:
+            raise self._temporary_gone()  # before anything else can be said of it
+        try:
+            # Read-only unless writable, O_CLOEXEC (a program exec'd while we
+            # hold the lock must not inherit it), never O_TRUNC, and never
+            # someone else's file in a shared directory: see _open.
+            fd = open_lock_file(self.name, self._mode, writable=writable, create=not temporary)
+        except FileNotFoundError:
+            if temporary is None:
+                raise
+            raise self._temporary_gone() from None
+        handle.opened(fd, writable)
+        if temporary is not None and (handle.dev, handle.ino) != temporary:
+            handle.close()
+            raise self._temporary_gone()
+
+    def _temporary_gone(self) -> LockError:
+        return LockError(
+            f"the temporary lock file {self.name} was removed or replaced; "
+            "it is never re-created (close this TouchFile and make another)",
+            self.name,
+        )
+
+    def release(self, handle: FlockHandle) -> None:
+        # Never unlink the lock file here: a waiter already blocked on this
+        # inode would be granted a lock that guards nothing, while a newcomer
+        # creates a new file at the path and locks that one too, and two
+        # holders would be in at once.
+        if not handle.closed:
+            fcntl.flock(handle.fd, fcntl.LOCK_UN)
+
+    def close(self, handle: FlockHandle) -> None:
+        handle.close()
+
+    def discard(self) -> None:
+        # Only our own file: one put in its place since is not ours to remove.
+        if self._temporary is not None and _identity(self.name) == self._temporary:
+            with contextlib.suppress(OSError):
+                os.unlink(self.name)
+
+    def holders(self) -> list[LockHolder]:
+        return holders(self.name)
+
+    # ---- locking --------------------------------------------------------------
+
+    def try_lock(self, handle: FlockHandle, kind: LockType) -> bool:
+        op = _EX if kind is EXCLUSIVE else _SH
+        try:
+            rc = self._try(handle.fd, op, self._bpath, handle.dev, handle.ino)
+        except OSError as error:
+            rc = self._retry_writable(handle, op, error)
+        if rc is STALE:  # the path names another file now: try that one, once
+            self._reopen(handle, writable=False)  # read-write again as needed
+            rc = self._try_once(handle, op)
+        return rc is OK  # STALE again: replaced as we tried, as good as busy
+
+    def _try_once(self, handle: FlockHandle, op: int) -> Outcome:
+        try:
+            return self._try(handle.fd, op, self._bpath, handle.dev, handle.ino)
+        except OSError as error:
+            return self._retry_writable(handle, op, error)
+
+    def _retry_writable(self, handle: FlockHandle, op: int, error: OSError) -> Outcome:
+        """After a try failed with error: as flock(1) does, reopen read-write
+        where that is what an exclusive lock needs (NFS) and try again."""
+        self._open_writable(handle, op, error)
+        return self._try(handle.fd, op, self._bpath, handle.dev, handle.ino)
+
+    def _open_writable(self, handle: FlockHandle, op: int, error: OSError) -> None:
+        """Reopen handle read-write if error says an exclusive lock needs it,
+        and only where the caller may write the file anyway: the open itself,
+        through the same walk, says so. Otherwise raise error."""
+        if error.errno not in _NEEDS_WRITE or op != _EX or handle.writable:
+            raise error
+        try:
+            self._reopen(handle, writable=True)
+        except OSError as refused:
+            if isinstance(refused, PermissionError) or refused.errno == errno.EROFS:
+                raise error from None
+            raise
+
+    def waiter(self, deadline: float) -> PollingWaiter:
+        return PollingWaiter(deadline)
+
+    def wait(self, handle: FlockHandle, kind: LockType, waiter: PollingWaiter) -> Outcome:
+        op = _EX if kind is EXCLUSIVE else _SH
+        reopened = False
+        rc = BUSY
+        while True:
+            if rc is BUSY or rc is INTERRUPTED:
+                # INTERRUPTED: a signal not ours. This loop's next bytecode
+                # runs Python's handler; if it raised nothing, wait on.
+                rc = self._block(handle, op, waiter)
+            elif rc is STALE:  # granted on a file the path no longer names
+                if waiter.reason is not None:
+                    return waiter.reason
+                if reopened and waiter.deadline <= time.monotonic():
+                    return DEADLINE  # replaced again and again: not for ever
+                # Even past the deadline, once: a try is not a wait, and the
+                # file the path names now may well be free.
+                reopened = True
+                self._reopen(handle, writable=False)  # read-write again as needed
+                rc = self._try_once(handle, op)
+            else:
+                return rc  # OK, or the reason the wait ended
+
+    def _block(self, handle: FlockHandle, op: int, waiter: PollingWaiter) -> Outcome:
+        try:
+            return waiter.block(handle, op, self._bpath)
+        except OSError as error:
+            self._open_writable(handle, op, error)
+        return BUSY  # wait again, read-write
+
+
+class NativeWaiter(PollingWaiter):
+    """A wait blocked in the kernel, ended by the native interrupt; it polls
+    instead once the interrupt signal turns out to be someone else's."""
+
+    __slots__ = ("_native",)
+
+    def __init__(self, deadline: float) -> None:
+        super().__init__(deadline)
+        self._native: _native.Waiter | None = _native.Waiter(deadline)
+
+    def cancel(self, reason: Outcome) -> None:
+        super().cancel(reason)
+        waiter = self._native
+        if waiter is not None:
+            waiter.cancel(reason)
+
+    def block(self, handle: FlockHandle, op: int, path: bytes) -> Outcome:
+        waiter = self._native
+        if waiter is not None:
+            rc = waiter.wait(handle.fd, op, path, handle.dev, handle.ino)
+            if rc is not NO_HANDLER:
+                return rc
+            _warn_no_handler()
+            self._native = None
+        return super().block(handle, op, path)
+
+
+class FlockNative(FlockPolling):
+    """flock() on the lock file at a path, waiting in the kernel."""
+
+    __slots__ = ()
+
+    @property
+    def native(self) -> bool:
+        return _native.handler_ready()
+
+    def _try_function(self) -> Callable[[int, int, bytes, int, int], Outcome]:
+        return _native.try_lock
+
+    def waiter(self, deadline: float) -> NativeWaiter:
+        return NativeWaiter(deadline)
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _make_temporary() -> tuple[str, tuple[int, int]]:
+    """A new private lock file: its path, and its (dev, ino)."""
+    try:
+        fd, path = tempfile.mkstemp(prefix="touchfile-", suffix=".lock")
+    except FileNotFoundError as error:
+        # tempfile's first search for a directory reports any failure,
+        # EMFILE included, as "No usable temporary directory found".
+        try:
+            os.close(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+        except OSError as cause:
+            raise OSError(
+                cause.errno, f"cannot create a temporary lock file: {cause.strerror}"
+            ) from error
+        raise
+    st = os.fstat(fd)
+    os.close(fd)  # read-write: reopened read-only, as every lock file is
+    return path, (st.st_dev, st.st_ino)
+
+
+_warned = False
+
+
+def _warn_no_handler() -> None:
+    global _warned
+    if not _warned:
+        _warned = True
+        warnings.warn(
+            f"touchfile: signal {_native.SIGNAL} ({_signal_name()}) has a handler that is "
+            "not touchfile's (or one installed with SA_RESTART, or it is ignored), so a "
+            "blocked flock() cannot be interrupted; lock waits poll instead. Set "
+            "TOUCHFILE_SIGNAL to a free signal (e.g. SIGRTMIN+4) to wait in the kernel again.",
+            RuntimeWarning,
+            stacklevel=6,
+        )
+
+
+def _signal_name() -> str:
+    try:
+        return signal.Signals(_native.SIGNAL).name
+    except ValueError:
+        return f"SIGRTMIN+{_native.SIGNAL - signal.SIGRTMIN}"

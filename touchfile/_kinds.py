@@ -1,0 +1,31 @@
+"""The two kinds of lock, and the one place where a caller's kind is checked."""
+
+from __future__ import annotations
+
+import enum
+
+
+class LockType(enum.Enum):
+    """The kind of a lock: many SHARED holders at once, or one EXCLUSIVE holder."""
+
+    SHARED = "shared"
+    EXCLUSIVE = "exclusive"
+
+
+SHARED = LockType.SHARED
+EXCLUSIVE = LockType.EXCLUSIVE
+
+
+def parse_kind(kind: object) -> LockType:
+    """kind as a LockType: a LockType, or its name "shared"/"exclusive".
+
+    Raises TypeError (not a kind) or ValueError (an unknown name).
+    """
+    if isinstance(kind, LockType):
+        return kind
+    if isinstance(kind, str):
+        try:
+            return LockType(kind)
+        except ValueError:
+            raise ValueError(f"kind must be 'shared' or 'exclusive', not {kind!r}") from None
+    raise TypeError(f"kind must be a LockType (SHARED or EXCLUSIVE), not {kind!r}")
