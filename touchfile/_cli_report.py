@@ -1,0 +1,102 @@
+"""What the touchfile command says: errors, -v's status, and --holders' table.
+
+Everything printed that touchfile did not write itself (paths, command lines)
+goes through printable(), so no escape sequence reaches a terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from typing import TextIO
+
+from ._holders import LockHolder
+from ._kinds import LockType
+from ._lock import TouchFile
+
+# How often -v on a terminal looks again for who holds the lock, in seconds.
+HOLDERS_EVERY = 2.0
+
+
+def say(message: str) -> None:
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # stderr gone
+        sys.stderr.write(f"touchfile: {printable(message)}\n")
+        sys.stderr.flush()
+
+
+def print_holders(path: str, found: list[LockHolder]) -> None:
+    """--holders' table on stdout (or the line that says there are none)."""
+    if not found:
+        print(f"no process holds a lock on {printable(path)}")
+        return
+    width = max(len("PID"), *(len(str(h.pid)) for h in found))
+    print(f"{'PID':<{width}}  {'KIND':<9}  COMMAND")
+    for h in found:
+        print(f"{h.pid:<{width}}  {h.kind.value:<9}  {printable(h.command)}")
+
+
+def holders_or_none(tf: TouchFile) -> list[LockHolder] | None:
+    try:
+        return tf.holders()
+    except (NotImplementedError, OSError):
+        return None
+
+
+class Status:
+    """What -v says on stderr: one line per event, or, on a terminal, one
+    status line kept up to date while waiting."""
+
+    def __init__(self, stream: TextIO, path: str, kind: LockType) -> None:
+        self.stream = stream
+        self.path = path
+        self.kind = kind
+        self.tty = stream.isatty()
+        self.showing = False
+
+    def waiting(self, elapsed: float, found: list[LockHolder] | None) -> None:
+        if found is None:
+            who = "; who holds it cannot be known here"
+        elif not found:
+            who = ""
+        elif len(found) == 1:
+            who = f", held by {_describe(found[0])}"
+        else:
+            who = f", held by {len(found)} processes: " + "; ".join(map(_describe, found))
+        path = printable(self.path)
+        text = f"touchfile: waiting {elapsed:.1f} s to lock {path} ({self.kind.value}){who}"
+        if self.tty:
+            try:
+                width = os.get_terminal_size(self.stream.fileno()).columns or 80
+            except OSError:
+                width = 80
+            self._write("\r\x1b[K" + text[: max(width - 1, 20)])
+            self.showing = True
+        else:
+            self._write(text + "\n")
+
+    def end(self, message: str) -> None:
+        if self.showing:
+            self._write("\r\x1b[K")
+            self.showing = False
+        if message:
+            self._write(f"touchfile: {printable(message)}\n")
+
+    def _write(self, text: str) -> None:
+        with contextlib.suppress(OSError, ValueError):  # stderr gone: say nothing
+            self.stream.write(text)
+            self.stream.flush()
+
+
+def _describe(holder: LockHolder) -> str:
+    return f"pid {holder.pid} ({holder.kind.value}): {printable(holder.command)}"
+
+
+def printable(text: str | None) -> str:
+    """Text fit for one line of a terminal: control characters (newlines,
+    escape sequences) are shown escaped, never sent as they are. Everything
+    touchfile prints that it did not write itself (paths, command lines) goes
+    through here."""
+    if text is None:
+        return "?"
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
