@@ -12,47 +12,17 @@ from pathlib import Path
 # The touchfile command, installed beside this interpreter.
 TOUCHFILE = str(Path(sys.executable).with_name("touchfile"))
 
+# The child programs the tests run (files, so that ruff and mypy check them).
 # Children run in "/" so that they import the installed touchfile, never the
-# source tree. A holder in another process: takes the lock with the named tool, says
-# "locked", releases when a line arrives on stdin (printing the
-# time.monotonic() of the release), then exits at the next line.
-_HOLDERS = {
-    "fcntl": r"""
-import fcntl, os, sys, time
-fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o644)
-fcntl.flock(fd, fcntl.LOCK_EX if sys.argv[2] == "exclusive" else fcntl.LOCK_SH)
-print("locked", flush=True)
-sys.stdin.readline()
-t = time.monotonic()
-fcntl.flock(fd, fcntl.LOCK_UN)
-print(t, flush=True)
-sys.stdin.readline()
-""",
-    "touchfile": r"""
-import sys, time
-from touchfile import TouchFile
-tf = TouchFile(sys.argv[1])
-tf.acquire(sys.argv[2])
-print("locked", flush=True)
-sys.stdin.readline()
-t = time.monotonic()
-tf.release()
-print(t, flush=True)
-sys.stdin.readline()
-""",
-    "filelock": r"""
-import sys, time
-from filelock import FileLock
-lock = FileLock(sys.argv[1])
-lock.acquire()
-print("locked", flush=True)
-sys.stdin.readline()
-t = time.monotonic()
-lock.release()
-print(t, flush=True)
-sys.stdin.readline()
-""",
-}
+# source tree.
+PROGRAMS = Path(__file__).with_name("programs")
+
+
+def program(name: str) -> str:
+    """The path of tests/programs/NAME.py."""
+    path = PROGRAMS / f"{name}.py"
+    assert path.is_file(), path
+    return str(path)
 
 
 class Holder:
@@ -61,10 +31,10 @@ class Holder:
     def __init__(self, path: str | Path, kind: str = "exclusive", tool: str = "fcntl") -> None:
         if tool in ("flock", "cli"):  # util-linux flock(1), or touchfile's command
             flag = "-x" if kind == "exclusive" else "-s"
-            program = "flock" if tool == "flock" else TOUCHFILE
-            argv = [program, flag, str(path), "sh", "-c", "echo locked; read x"]
+            tool_path = "flock" if tool == "flock" else TOUCHFILE
+            argv = [tool_path, flag, str(path), "sh", "-c", "echo locked; read x"]
         else:
-            argv = [sys.executable, "-c", _HOLDERS[tool], str(path), kind]
+            argv = [sys.executable, program(f"holder_{tool}"), str(path), kind]
         self.tool = tool
         self.proc = subprocess.Popen(
             argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1, cwd="/"
@@ -128,19 +98,19 @@ def wait_until(condition: object, timeout: float = 5.0) -> None:
         time.sleep(0.001)
 
 
-def run_python(
-    code: str,
+def run_program(
+    name: str,
     *args: str,
     timeout: float = 30,
     env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run code in a fresh interpreter (always reaped: run() waits or kills)."""
-    full_env = {**os.environ, **(env or {})}
+    """Run tests/programs/NAME.py in a fresh interpreter (always reaped: run()
+    waits or kills)."""
     return subprocess.run(
-        [sys.executable, "-c", code, *args],
+        [sys.executable, program(name), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=full_env,
+        env={**os.environ, **(env or {})},
         cwd="/",  # not the source tree: children import the installed package
     )

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import TOUCHFILE, Holders, hold, probe, wait_until
+from helpers import TOUCHFILE, Holders, hold, probe, program, wait_until
 
 from touchfile import EXCLUSIVE, SHARED, TouchFile
 
@@ -26,19 +26,6 @@ needs_flock = pytest.mark.skipif(FLOCK is None, reason="util-linux flock(1) is n
 
 # A command that says "ready", counts the signal given as argv[1], and 0.3 s
 # after the first one exits with status 10 + the count.
-COUNTER = r"""
-import signal, sys, time
-count = 0
-def on(signum, frame):
-    global count
-    count += 1
-signal.signal(int(sys.argv[1]), on)
-print("ready", flush=True)
-while not count:
-    time.sleep(0.01)
-time.sleep(0.3)
-sys.exit(10 + count)
-"""
 
 
 def run(argv: list[str], cwd: Path | str = "/", **kw: object) -> subprocess.CompletedProcess[str]:
@@ -408,7 +395,7 @@ def test_signal_is_passed_on_to_the_command(
 ) -> None:
     """A signal sent to touchfile while the command runs reaches the command once;
     touchfile exits with the command's status."""
-    proc = start(procs, [TOUCHFILE, lock_path, sys.executable, "-c", COUNTER, str(signum)])
+    proc = start(procs, [TOUCHFILE, lock_path, sys.executable, program("counter"), str(signum)])
     assert read_line(proc) == "ready"
     proc.send_signal(signum)
     assert proc.wait(timeout=10) == 11  # the command saw exactly one
@@ -454,7 +441,7 @@ def _read_until(master: int, needle: bytes, timeout: float = 10.0) -> bytes:
 def test_ctrl_c_at_terminal_reaches_command_once(lock_path: str) -> None:
     """Ctrl-C at a terminal goes to touchfile and the command; it is not sent twice."""
     proc, master = _on_terminal(
-        [TOUCHFILE, lock_path, sys.executable, "-c", COUNTER, str(int(signal.SIGINT))]
+        [TOUCHFILE, lock_path, sys.executable, program("counter"), str(int(signal.SIGINT))]
     )
     try:
         _read_until(master, b"ready")
@@ -498,7 +485,7 @@ def test_verbose_says_who_holds_it(lock_path: str, holders: Holders) -> None:
     lines = proc.stderr.splitlines()
     assert len(lines) == 2, proc.stderr
     assert lines[0].startswith(f"touchfile: waiting 1.0 s to lock {lock_path} (exclusive), held by")
-    assert f"pid {holder.proc.pid} (shared): {sys.executable} -c" in lines[0]
+    assert f"pid {holder.proc.pid} (shared): {sys.executable} {program('holder_fcntl')}" in lines[0]
     assert lines[1].startswith("touchfile: gave up after 1.3")
 
 
@@ -717,22 +704,7 @@ def test_holders_omits_a_taker_that_passed_the_lock_on(
 ) -> None:
     """A process that took the lock, passed it to a child and closed its copy holds
     nothing; the child is the holder."""
-    code = f"""
-import fcntl, os, subprocess, sys, time
-fd = os.open({lock_path!r}, os.O_RDWR | os.O_CREAT)
-fcntl.flock(fd, fcntl.LOCK_EX)
-child = subprocess.Popen(["sleep", "30"], pass_fds=[fd])
-os.close(fd)
-# Popen returns as soon as exec closes its pipe, before the kernel has set
-# up the new program's arguments: until then /proc/PID/cmdline is empty.
-while not open(f"/proc/{{child.pid}}/cmdline", "rb").read():
-    time.sleep(0.001)
-print(child.pid, flush=True)
-sys.stdin.readline()
-child.kill()
-child.wait()
-"""
-    taker = start(procs, [sys.executable, "-c", code])
+    taker = start(procs, [sys.executable, program("pass_on"), lock_path])
     child = int(read_line(taker))
     with TouchFile(lock_path) as tf:
         found = tf.holders()

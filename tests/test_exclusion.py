@@ -9,7 +9,7 @@ import threading
 import time
 
 import pytest
-from helpers import Holders, hold, probe, run_python
+from helpers import Holders, hold, probe, run_program
 
 from touchfile import EXCLUSIVE, SHARED, LockTimeout, LockType, TouchFile
 
@@ -57,26 +57,11 @@ def test_we_exclude_flock_command(lock_path: str, kind: LockType) -> None:
 
 def test_we_exclude_filelock_and_raw_flock(lock_path: str) -> None:
     """filelock and a raw fcntl.flock in another process cannot take our exclusive lock."""
-    code = r"""
-import fcntl, os, sys
-from filelock import FileLock, Timeout
-try:
-    FileLock(sys.argv[1]).acquire(timeout=0)
-    print("filelock-got-it")
-except Timeout:
-    print("filelock-blocked")
-fd = os.open(sys.argv[1], os.O_RDONLY)
-try:
-    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    print("flock-got-it")
-except BlockingIOError:
-    print("flock-blocked")
-"""
     with TouchFile(lock_path) as tf:
         with tf.lock():
-            out = run_python(code, lock_path).stdout.split()
+            out = run_program("filelock_sees", lock_path).stdout.split()
         assert out == ["filelock-blocked", "flock-blocked"]
-        out = run_python(code, lock_path).stdout.split()
+        out = run_program("filelock_sees", lock_path).stdout.split()
         assert out == ["filelock-got-it", "flock-got-it"]
 
 

@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from helpers import TOUCHFILE, Holders, hold, probe, run_python
+from helpers import TOUCHFILE, Holders, hold, probe, program, run_program
 
 from touchfile import SHARED, Context, LockCancelled, LockTimeout, TouchFile
 
@@ -38,12 +38,12 @@ def _fd_count() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def _unprivileged(code: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run code in a fresh interpreter as root stripped of every capability, so that
+def _unprivileged(name: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run tests/programs/NAME.py as root stripped of every capability, so that
     file permissions apply to it (test_cli's permission test does the same)."""
     if os.geteuid() != 0 or shutil.which("setpriv") is None:
         pytest.skip("needs root and setpriv(1) to drop the capability to override permissions")
-    argv = ["setpriv", "--bounding-set=-all", sys.executable, "-c", code, *args]
+    argv = ["setpriv", "--bounding-set=-all", sys.executable, program(name), *args]
     return subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd="/")
 
 
@@ -151,38 +151,13 @@ def test_fifo_is_a_lock_file(tmp_path: Path) -> None:
             os.close(fd)
 
 
-_READ_ONLY_FIFO = r"""
-import fcntl, os, signal, sys
-from touchfile import TouchFile
-class Hung(Exception):
-    pass
-def on_alarm(signum, frame):
-    raise Hung
-signal.signal(signal.SIGALRM, on_alarm)
-signal.alarm(1)
-try:
-    tf = TouchFile(sys.argv[1])
-    tf.acquire(timeout=1)
-except Hung:
-    print("hung")
-    sys.exit(1)
-signal.alarm(0)
-fd = os.open(sys.argv[1], os.O_RDONLY | os.O_NONBLOCK)
-try:
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    print("not excluded")
-except BlockingIOError:
-    print("locked")
-"""
-
-
 def test_read_only_fifo_does_not_hang(tmp_path: Path) -> None:
     """A FIFO the user may only read (someone else's, 0444) is locked read-only at
     once, as a read-only file is: TouchFile() never blocks waiting for a writer."""
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo, 0o444)
     os.chown(fifo, NOBODY, NOBODY)
-    proc = _unprivileged(_READ_ONLY_FIFO, str(fifo))
+    proc = _unprivileged("read_only_fifo", str(fifo))
     assert proc.stdout == "locked\n", proc.stderr
 
 
@@ -220,24 +195,6 @@ def test_dangling_symlink(tmp_path: Path) -> None:
 
 # ---- permissions and read-only file systems -----------------------------------------
 
-_OPEN_EACH = r"""
-import fcntl, os, sys
-from touchfile import TouchFile
-for path in sys.argv[1:]:
-    try:
-        with TouchFile(path) as tf, tf.lock(timeout=1):
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                print("locked but not excluding")
-            except BlockingIOError:
-                print("locked")
-            finally:
-                os.close(fd)
-    except OSError as error:
-        print(type(error).__name__, error.filename == path)
-"""
-
 
 def test_no_permission_unprivileged(tmp_path: Path) -> None:
     """Without privileges: a directory it may not enter, or not write to create the
@@ -253,7 +210,7 @@ def test_no_permission_unprivileged(tmp_path: Path) -> None:
     for path in (private, shut, theirs, unreadable):
         os.chown(path, NOBODY, NOBODY)
     paths = [private / "x.lock", shut / "new.lock", theirs, unreadable]
-    proc = _unprivileged(_OPEN_EACH, *map(str, paths))
+    proc = _unprivileged("open_each", *map(str, paths))
     assert proc.stdout.splitlines() == [
         "PermissionError True",
         "PermissionError True",
@@ -269,26 +226,8 @@ def test_unreadable_directory_unprivileged(tmp_path: Path) -> None:
     directory = tmp_path / "dir"
     directory.mkdir(mode=0o311)
     os.chown(directory, NOBODY, NOBODY)
-    proc = _unprivileged(_OPEN_EACH, str(directory))
+    proc = _unprivileged("open_each", str(directory))
     assert proc.stdout == "PermissionError True\n", proc.stderr
-
-
-_READ_ONLY_FS = r"""
-import errno, sys
-from touchfile import SHARED, LockTimeout, TouchFile
-existing, missing = sys.argv[1:]
-with TouchFile(existing) as tf:
-    with tf.lock(SHARED, timeout=1):
-        print("shared lock taken")
-    try:
-        tf.acquire(timeout=0.05)
-    except LockTimeout:
-        print("exclusive timed out")
-try:
-    TouchFile(missing)
-except OSError as error:
-    print(errno.errorcode[error.errno], error.filename == missing)
-"""
 
 
 def test_read_only_file_system(tmp_path: Path, holders: Holders) -> None:
@@ -304,12 +243,12 @@ def test_read_only_file_system(tmp_path: Path, holders: Holders) -> None:
     hold(holders, existing, "shared")  # outside the namespace, through the writable mount
     script = (
         'mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" "$1" || exit 99\n'
-        '"$2" -c "$3" "$1/existing.lock" "$1/missing.lock"\n'
+        '"$2" "$3" "$1/existing.lock" "$1/missing.lock"\n'
         '"$4" "$1/missing.lock" true; echo "command $?"\n'
     )
     proc = subprocess.run(
         ["unshare", "--mount", "sh", "-c", script, "sh",
-         str(tmp_path), sys.executable, _READ_ONLY_FS, TOUCHFILE],
+         str(tmp_path), sys.executable, program("read_only_fs"), TOUCHFILE],
         capture_output=True, text=True, timeout=30, cwd="/",
     )  # fmt: skip
     assert proc.stdout.splitlines() == [
@@ -324,56 +263,12 @@ def test_read_only_file_system(tmp_path: Path, holders: Holders) -> None:
 
 # ---- out of descriptors ----------------------------------------------------------
 
-_EMFILE = r"""
-import errno, os, resource, sys, threading
-import touchfile._cli
-from touchfile import TouchFile
-path = sys.argv[1]
-resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
-def count():
-    return len(os.listdir("/proc/self/fd"))
-tf = TouchFile(path)
-tf.acquire()  # the pooled descriptor is in use: another thread needs a new one
-before = count()
-filler = []
-try:
-    while True:
-        filler.append(os.open(os.devnull, os.O_RDONLY))
-except OSError as error:
-    assert error.errno == errno.EMFILE
-try:
-    TouchFile(path)
-except OSError as error:
-    print("new:", errno.errorcode[error.errno], error.filename == path)
-def other():
-    try:
-        tf.acquire(timeout=5)
-    except OSError as error:
-        print("thread:", errno.errorcode[error.errno], error.filename == path, tf.locked())
-thread = threading.Thread(target=other)
-thread.start()
-thread.join()
-print("command:", touchfile._cli.main([path, "true"]), flush=True)
-for fd in filler:
-    os.close(fd)
-print("leaked:", count() - before)
-tf.release()
-def again():
-    tf.acquire(timeout=5)
-    print("recovered:", tf.locked())
-    tf.release()
-thread = threading.Thread(target=again)
-thread.start()
-thread.join()
-tf.close()
-"""
-
 
 def test_too_many_open_files(lock_path: str) -> None:
     """Out of descriptors (EMFILE): TouchFile() and an acquire that needs a new
     descriptor raise OSError(EMFILE) naming the path, hold nothing and leak nothing;
     the command exits 71 with one line; once descriptors are free, all works."""
-    proc = run_python(_EMFILE, lock_path)
+    proc = run_program("emfile", lock_path)
     assert proc.stdout.splitlines() == [
         "new: EMFILE True",
         "thread: EMFILE True False",
@@ -384,48 +279,14 @@ def test_too_many_open_files(lock_path: str) -> None:
     assert proc.stderr == f"touchfile: cannot open lock file {lock_path}: Too many open files\n"
 
 
-_EMFILE_TEMPORARY = r"""
-import errno, os, resource
-from touchfile import TouchFile
-resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
-filler = []
-try:
-    while True:
-        filler.append(os.open(os.devnull, os.O_RDONLY))
-except OSError:
-    pass
-try:
-    TouchFile()
-except OSError as error:
-    print(errno.errorcode[error.errno])
-"""
-
-
 def test_too_many_open_files_temporary() -> None:
     """TouchFile() (a temporary lock file) out of descriptors says EMFILE, not a
     misleading 'no usable temporary directory'."""
-    proc = run_python(_EMFILE_TEMPORARY)
+    proc = run_program("emfile_temporary")
     assert proc.stdout == "EMFILE\n", proc.stderr
 
 
 # ---- the interrupt signal ----------------------------------------------------------
-
-_FOREIGN_BEFORE_IMPORT = r"""
-import signal, sys, time, warnings
-signal.signal(signal.SIGURG, lambda signum, frame: None)
-from touchfile import LockTimeout, TouchFile
-tf = TouchFile(sys.argv[1])
-print("native", tf.native)
-with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
-    for _ in range(2):
-        start = time.monotonic()
-        try:
-            tf.acquire(timeout=0.05)
-        except LockTimeout:
-            print("timeout", 0.05 <= time.monotonic() - start < 1)
-print("warnings", len(caught), caught[0].category.__name__)
-"""
 
 
 def test_foreign_handler_before_import(lock_path: str, holders: Holders, mode: str) -> None:
@@ -435,7 +296,7 @@ def test_foreign_handler_before_import(lock_path: str, holders: Holders, mode: s
     if mode != "native":
         pytest.skip("concerns the native interrupt only")
     hold(holders, lock_path)
-    proc = run_python(_FOREIGN_BEFORE_IMPORT, lock_path)
+    proc = run_program("foreign_before_import", lock_path)
     assert proc.stdout.splitlines() == [
         "native False",
         "timeout True",
@@ -444,74 +305,14 @@ def test_foreign_handler_before_import(lock_path: str, holders: Holders, mode: s
     ], proc.stderr
 
 
-_PYTHON_HANDLER_DURING_WAIT = r"""
-import signal, sys, threading, time
-from touchfile import LockTimeout, TouchFile
-tf = TouchFile(sys.argv[1])
-waited = []
-def waiter():
-    start = time.monotonic()
-    try:
-        tf.acquire(timeout=0.3)
-    except LockTimeout:
-        waited.append(time.monotonic() - start)
-thread = threading.Thread(target=waiter)
-thread.start()
-time.sleep(0.1)  # blocked in flock() by now
-signal.signal(signal.SIGURG, lambda signum, frame: None)
-thread.join(5)
-print("timed out", len(waited) == 1 and 0.3 <= waited[0] < 1)
-"""
-
-
 def test_python_handler_during_a_wait(lock_path: str, holders: Holders, mode: str) -> None:
     """A Python handler put on the signal while a thread is blocked in flock() does
     not restart it: that wait still ends at its deadline."""
     if mode != "native":
         pytest.skip("concerns the native interrupt only")
     hold(holders, lock_path)
-    proc = run_python(_PYTHON_HANDLER_DURING_WAIT, lock_path)
+    proc = run_program("python_handler_during_wait", lock_path)
     assert (proc.stdout, proc.stderr) == ("timed out True\n", "")
-
-
-_RESTART_DURING_WAIT = r"""
-import ctypes, signal, sys, threading, time, warnings
-from touchfile import Context, LockTimeout, TouchFile
-class Sigaction(ctypes.Structure):
-    _fields_ = [("handler", ctypes.c_void_p), ("mask", ctypes.c_ulong * 16),
-                ("flags", ctypes.c_int), ("restorer", ctypes.c_void_p)]
-libc = ctypes.CDLL(None)
-tf = TouchFile(sys.argv[1])
-ctx = Context.with_cancel()
-granted, done = threading.Event(), threading.Event()
-def waiter():
-    tf.acquire(ctx=ctx)
-    granted.set()
-    done.wait(10)
-    tf.release()
-thread = threading.Thread(target=waiter)
-thread.start()
-time.sleep(0.1)  # blocked in flock() by now
-act = Sigaction()
-libc.sigaction(signal.SIGURG, None, ctypes.byref(act))
-act.flags |= 0x10000000  # SA_RESTART
-libc.sigaction(signal.SIGURG, ctypes.byref(act), None)
-ctx.cancel()
-thread.join(0.2)
-print("cancel ended it", not thread.is_alive(), flush=True)
-sys.stdin.readline()  # the holder has released
-print("granted", granted.wait(5), flush=True)
-with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
-    start = time.monotonic()
-    try:
-        tf.acquire(timeout=0.05)  # the waiter holds it now
-    except LockTimeout:
-        print("next wait timed out", 0.05 <= time.monotonic() - start < 1)
-print("warned", [w.category.__name__ for w in caught], flush=True)
-done.set()
-thread.join(10)
-"""
 
 
 def test_sa_restart_handler_during_a_wait(lock_path: str, holders: Holders, mode: str) -> None:
@@ -523,7 +324,7 @@ def test_sa_restart_handler_during_a_wait(lock_path: str, holders: Holders, mode
         pytest.skip("concerns the native interrupt only")
     holder = hold(holders, lock_path)
     with subprocess.Popen(
-        [sys.executable, "-c", _RESTART_DURING_WAIT, lock_path],
+        [sys.executable, program("restart_during_wait"), lock_path],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd="/",
     ) as proc:  # fmt: skip
         try:
@@ -542,27 +343,6 @@ def test_sa_restart_handler_during_a_wait(lock_path: str, holders: Holders, mode
 
 # ---- the waiter goes away ------------------------------------------------------------
 
-_DAEMON_WAITERS = r"""
-import sys, threading, time
-from touchfile import Context, LockError, TouchFile
-tf = TouchFile(sys.argv[1])
-ctx = Context.with_cancel()
-ready = threading.Barrier(41)
-def waiter(i):
-    ready.wait()
-    how = [{}, {"ctx": ctx}, {"timeout": 3600, "ctx": ctx}, {"timeout": 0.05 + i / 1000},
-           {"timeout": 3600}][i % 5]
-    try:
-        tf.acquire(**how)
-    except LockError:
-        pass
-for i in range(40):
-    threading.Thread(target=waiter, args=(i,), daemon=True).start()
-ready.wait()
-time.sleep(0.05)  # all blocked; some deadlines land as the interpreter shuts down
-print("main returns", flush=True)
-"""
-
 
 def test_daemon_thread_waiters_at_shutdown(lock_path: str, holders: Holders) -> None:
     """Interpreter shutdown while daemon threads wait (no deadline, a context, or
@@ -570,19 +350,9 @@ def test_daemon_thread_waiters_at_shutdown(lock_path: str, holders: Holders) -> 
     and prints nothing on stderr."""
     hold(holders, lock_path)
     start = time.monotonic()
-    proc = run_python(_DAEMON_WAITERS, lock_path, timeout=20)
+    proc = run_program("daemon_waiters", lock_path, timeout=20)
     assert time.monotonic() - start < 5
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "main returns\n", "")
-
-
-_WAITER = r"""
-import sys
-from touchfile import TouchFile
-tf = TouchFile(sys.argv[1])
-print("waiting", flush=True)
-tf.acquire()
-print("acquired", flush=True)
-"""
 
 
 def test_killed_waiter_leaves_nothing(lock_path: str, holders: Holders) -> None:
@@ -590,7 +360,7 @@ def test_killed_waiter_leaves_nothing(lock_path: str, holders: Holders) -> None:
     the holder releases, the lock is free."""
     holder = hold(holders, lock_path)
     with subprocess.Popen(
-        [sys.executable, "-c", _WAITER, lock_path], stdout=subprocess.PIPE, text=True, cwd="/"
+        [sys.executable, program("waiter"), lock_path], stdout=subprocess.PIPE, text=True, cwd="/"
     ) as proc:
         assert proc.stdout is not None
         assert proc.stdout.readline() == "waiting\n"

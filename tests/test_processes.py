@@ -11,51 +11,13 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from helpers import Holders, hold, probe, run_python
-
-_FORK = r"""
-import os, sys, warnings
-from touchfile import TouchFile, LockError, LockTimeout
-warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads, 3.12+
-tf = TouchFile(sys.argv[1])
-tf.acquire()
-pid = os.fork()
-if pid == 0:
-    out = []
-    try:
-        tf.release()
-    except LockError:
-        out.append("release-refused")
-    try:
-        tf.acquire(timeout=0)
-    except LockTimeout:
-        out.append("child-excluded")
-    with TouchFile(sys.argv[1]) as other:
-        try:
-            other.acquire(timeout=0.02)
-        except LockTimeout:
-            out.append("other-excluded")
-    tf.close()
-    print(" ".join(out), flush=True)
-    sys.exit(0)  # a normal exit, finalizers and all
-os.waitpid(pid, 0)
-import fcntl
-fd = os.open(sys.argv[1], os.O_RDONLY)
-try:
-    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    print("parent-lost-lock")
-except BlockingIOError:
-    print("parent-still-holds")
-tf.release()
-tf.acquire(timeout=0)
-print("parent-reacquired")
-"""
+from helpers import Holders, hold, probe, program, run_program
 
 
 def test_fork_child_cannot_break_parents_lock(lock_path: str) -> None:
     """After fork() the child owns none of the parent's locks: its release,
     close and normal exit leave the parent's hold intact."""
-    proc = run_python(_FORK, lock_path)
+    proc = run_program("fork", lock_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [
         "release-refused child-excluded other-excluded",
@@ -64,22 +26,10 @@ def test_fork_child_cannot_break_parents_lock(lock_path: str) -> None:
     ]
 
 
-_EXEC = r"""
-import os, subprocess, sys
-from touchfile import TouchFile
-tf = TouchFile(sys.argv[1])
-tf.acquire()
-child = subprocess.Popen(["sleep", "60"], close_fds=False,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-print(child.pid, flush=True)
-os._exit(0)  # the holder dies without releasing; sleep lives on
-"""
-
-
 def test_exec_does_not_inherit_lock(lock_path: str) -> None:
     """Descriptors are O_CLOEXEC: a program exec'd by the holder does not keep
     the lock alive after the holder dies."""
-    proc = run_python(_EXEC, lock_path)
+    proc = run_program("exec", lock_path)
     sleeper = int(proc.stdout)
     try:
         assert probe(lock_path)
@@ -105,28 +55,11 @@ def test_crashed_holder_frees_lock(lock_path: str, holders: Holders) -> None:
         killer.wait()
 
 
-_WAIT_MAIN = r"""
-import signal, sys, time
-from touchfile import TouchFile
-count = []
-signal.signal(signal.SIGUSR1, lambda *a: count.append(1))
-tf = TouchFile(sys.argv[1])
-print("waiting", flush=True)
-try:
-    tf.acquire()  # main thread, no deadline
-    print("acquired", len(count), tf.locked(), flush=True)
-    tf.release()
-except KeyboardInterrupt:
-    print("interrupted", time.monotonic(), tf.locked(), flush=True)
-sys.stdin.readline()
-"""
-
-
 @contextlib.contextmanager
 def waiting_process(lock_path: str) -> Iterator[subprocess.Popen[str]]:
     """A process whose main thread waits for the lock with no deadline (always reaped)."""
     with subprocess.Popen(
-        [sys.executable, "-c", _WAIT_MAIN, lock_path],
+        [sys.executable, program("wait_main"), lock_path],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -176,46 +109,13 @@ def test_lock_is_visible_to_other_processes(lock_path: str, kind: str) -> None:
     from touchfile import TouchFile
 
     with TouchFile(lock_path) as tf, tf.lock(kind):
-        code = (
-            "import sys, fcntl, os\nfd = os.open(sys.argv[1], os.O_RDONLY)\ntry:\n"
-            "    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB); print('free')\n"
-            "except BlockingIOError: print('held')"
-        )
-        assert run_python(code, lock_path).stdout.strip() == (
+        assert run_program("shared_probe", lock_path).stdout.strip() == (
             "held" if kind == "exclusive" else "free"
         )
-
-
-_FORK_MID_CANCEL = r"""
-import os, signal, sys, threading, warnings
-import touchfile._context
-from touchfile import Context, TouchFile
-warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads, 3.12+
-taken, done = threading.Event(), threading.Event()
-def busy():  # a thread of the parent inside Context's bookkeeping at fork()
-    with touchfile._context._tree:
-        taken.set()
-        done.wait()
-thread = threading.Thread(target=busy)
-thread.start()
-taken.wait()
-pid = os.fork()
-if pid == 0:
-    signal.alarm(5)  # a deadlock dies of SIGALRM
-    ctx = Context.with_cancel(parent=Context.with_timeout(5))
-    with TouchFile(sys.argv[1]) as tf, tf.lock(ctx=ctx):
-        pass
-    ctx.cancel()
-    os._exit(0)
-done.set()
-thread.join()
-_, status = os.waitpid(pid, 0)
-print(os.waitstatus_to_exitcode(status))
-"""
 
 
 def test_contexts_work_in_a_child_forked_mid_cancel(lock_path: str) -> None:
     """A child forked while another thread was inside Context's bookkeeping
     can still make, use and cancel Contexts: it does not deadlock."""
-    result = run_python(_FORK_MID_CANCEL, lock_path)
+    result = run_program("fork_mid_cancel", lock_path)
     assert result.stdout.split() == ["0"], result.stderr

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import TOUCHFILE, Holders, hold, probe
+from helpers import TOUCHFILE, Holders, hold, probe, program
 
 from touchfile import SHARED, LockError, LockTimeout, TouchFile
 
@@ -376,26 +376,13 @@ def test_exclusive_lock_on_nfs_reopens_read_write(nfs_like: Path, holders: Holde
             tf.acquire(timeout=0.05)
 
 
-_NFS_READ_ONLY = r"""
-import errno, sys
-from touchfile import SHARED, TouchFile
-with TouchFile(sys.argv[1]) as tf:
-    with tf.lock(SHARED, timeout=0):
-        print("shared")
-    try:
-        tf.acquire(timeout=0)
-    except OSError as error:
-        print(errno.errorcode[error.errno], error.filename == sys.argv[1])
-"""
-
-
 def test_exclusive_lock_on_nfs_needs_write_access(nfs_like: Path) -> None:
     """A file the caller may not write is never reopened read-write: on NFS its
     exclusive lock is OSError(EBADF) naming the path; shared locks work."""
     path = nfs_like / "x.lock"
     (nfs_like.parent / "backing" / "x.lock").touch(mode=0o444)
     # Root without capabilities, so that the file's mode applies to it.
-    argv = ["setpriv", "--bounding-set=-all", sys.executable, "-c", _NFS_READ_ONLY, str(path)]
+    argv = ["setpriv", "--bounding-set=-all", sys.executable, program("nfs_read_only"), str(path)]
     proc = run(argv)
     assert proc.stdout.splitlines() == ["shared", "EBADF True"], proc.stderr
 

@@ -7,7 +7,7 @@ import threading
 import time
 
 import pytest
-from helpers import Holders, hold, run_python
+from helpers import Holders, hold, run_program
 
 from touchfile import Context, LockCancelled, LockTimeout, TouchFile
 
@@ -69,51 +69,6 @@ def test_wait_works_with_signal_blocked(lock_path: str, holders: Holders) -> Non
     tf.close()
 
 
-_FOREIGN = r"""
-import signal, sys, time, warnings
-from touchfile import TouchFile, LockTimeout
-warnings.simplefilter("always")
-when = sys.argv[2]
-def foreign(signum, frame):
-    pass
-if when == "before":
-    signal.signal(signal.SIGURG, foreign)
-if when == "ignored":
-    signal.signal(signal.SIGURG, signal.SIG_IGN)
-tf = TouchFile(sys.argv[1])
-if when == "after":
-    try:
-        tf.acquire(timeout=0.01)
-    except LockTimeout:
-        pass
-    print("native-before", tf.native)
-    signal.signal(signal.SIGURG, foreign)
-if when == "restart":
-    import ctypes
-    class Sigaction(ctypes.Structure):
-        _fields_ = [("handler", ctypes.c_void_p), ("mask", ctypes.c_ulong * 16),
-                    ("flags", ctypes.c_int), ("restorer", ctypes.c_void_p)]
-    libc = ctypes.CDLL(None, use_errno=True)
-    try:
-        tf.acquire(timeout=0.01)
-    except LockTimeout:
-        pass
-    act = Sigaction()
-    assert libc.sigaction(signal.SIGURG, None, ctypes.byref(act)) == 0
-    act.flags |= 0x10000000  # SA_RESTART, on our own handler
-    assert libc.sigaction(signal.SIGURG, ctypes.byref(act), None) == 0
-with warnings.catch_warnings(record=True) as caught:
-    start = time.monotonic()
-    try:
-        tf.acquire(timeout=0.1)
-    except LockTimeout:
-        print("timeout", round(time.monotonic() - start, 2))
-print("native", tf.native)
-print("warned", [str(w.message)[:80] for w in caught])
-print("ignored", signal.getsignal(signal.SIGURG) == signal.SIG_IGN)
-"""
-
-
 @pytest.mark.parametrize("when", ["before", "after", "restart", "ignored"])
 def test_foreign_handler_falls_back_to_polling(
     lock_path: str, holders: Holders, when: str, mode: str
@@ -126,7 +81,7 @@ def test_foreign_handler_falls_back_to_polling(
     if mode != "native":
         pytest.skip("concerns the native interrupt only")
     hold(holders, lock_path)
-    proc = run_python(_FOREIGN, lock_path, when)
+    proc = run_program("foreign", lock_path, when)
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     if when == "after":
@@ -137,35 +92,12 @@ def test_foreign_handler_falls_back_to_polling(
     assert lines[3] == f"ignored {when == 'ignored'}"
 
 
-_OTHER_SIGNAL = r"""
-import signal, sys, time, ctypes
-from touchfile import TouchFile, LockTimeout
-class Sigaction(ctypes.Structure):
-    _fields_ = [("handler", ctypes.c_void_p), ("mask", ctypes.c_ulong * 16),
-                ("flags", ctypes.c_int), ("restorer", ctypes.c_void_p)]
-libc = ctypes.CDLL(None)
-def handler_of(sig):
-    act = Sigaction()
-    libc.sigaction(sig, None, ctypes.byref(act))
-    return act.handler
-tf = TouchFile(sys.argv[1])
-start = time.monotonic()
-try:
-    tf.acquire(timeout=0.05)
-except LockTimeout:
-    print("timeout", round(time.monotonic() - start, 1))
-print("native", tf.native)
-print("urg untouched", handler_of(signal.SIGURG) is None)
-print("rt ours", handler_of(signal.SIGRTMIN + 4) is not None)
-"""
-
-
 def test_interrupt_signal_can_be_chosen(lock_path: str, holders: Holders, mode: str) -> None:
     """TOUCHFILE_SIGNAL picks another signal; SIGURG is then left alone."""
     if mode != "native":
         pytest.skip("concerns the native interrupt only")
     hold(holders, lock_path)
-    proc = run_python(_OTHER_SIGNAL, lock_path, env={"TOUCHFILE_SIGNAL": "SIGRTMIN+4"})
+    proc = run_program("other_signal", lock_path, env={"TOUCHFILE_SIGNAL": "SIGRTMIN+4"})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == [
         "timeout 0.1",
@@ -175,21 +107,11 @@ def test_interrupt_signal_can_be_chosen(lock_path: str, holders: Holders, mode: 
     ]
 
 
-_BAD_SIGNAL = r"""
-import sys
-import touchfile
-try:
-    touchfile.TouchFile(sys.argv[1])
-except ValueError as error:
-    print(error)
-"""
-
-
 @pytest.mark.parametrize("value", ["SIGKILL", "SIGINT", "9", "SIGNOPE", "SIGRTMIN+x", "SIGRTMAX+1"])
 def test_bad_interrupt_signal(value: str, lock_path: str) -> None:
     """A TOUCHFILE_SIGNAL that is not a free signal is a clear ValueError at first
     use (the first TouchFile), not at import."""
-    proc = run_python(_BAD_SIGNAL, lock_path, env={"TOUCHFILE_SIGNAL": value})
+    proc = run_program("bad_signal", lock_path, env={"TOUCHFILE_SIGNAL": value})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith(f"TOUCHFILE_SIGNAL={value!r}")
 
