@@ -597,11 +597,7 @@ def test_command_starts_as_under_flock(tmp_path: Path) -> None:
 
 def test_ignored_sigchld_does_not_hang(lock_path: str) -> None:
     """Started with SIGCHLD ignored, touchfile still learns the command's status."""
-    code = (
-        "import os, signal, sys; signal.signal(signal.SIGCHLD, signal.SIG_IGN); "
-        "os.execv(sys.argv[1], sys.argv[1:])"
-    )
-    proc = run([sys.executable, "-c", code, TOUCHFILE, lock_path, "-c", "exit 7"])
+    proc = run([sys.executable, program("sigchld_ignored"), TOUCHFILE, lock_path, "-c", "exit 7"])
     assert proc.returncode == 7
 
 
@@ -654,16 +650,9 @@ def test_repeated_stop_signals_print_no_traceback(
 def test_stop_signal_as_handlers_are_put_in_place(lock_path: str, signum: int) -> None:
     """A stop signal that lands just as touchfile puts its handlers in place: 128+N, no
     traceback (the signal is sent from inside, at that very moment)."""
-    code = (
-        "import os, sys; from touchfile import _cli; catch = _cli._catch_stop_signals\n"
-        "def late():\n"
-        "    ignored = catch()\n"
-        f"    os.kill(os.getpid(), {int(signum)})\n"
-        "    return ignored\n"
-        "_cli._catch_stop_signals = late\n"
-        "sys.exit(_cli.main(sys.argv[1:]))\n"
+    proc = run(
+        [sys.executable, program("stop_as_handlers_go_in"), str(int(signum)), lock_path, "true"]
     )
-    proc = run([sys.executable, "-c", code, lock_path, "true"])
     assert (proc.returncode, proc.stderr) == (128 + signum, "")
 
 

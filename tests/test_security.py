@@ -214,8 +214,8 @@ def test_temporary_file_through_a_planted_tmpdir(shared: Path, tmp_path: Path) -
     target = tmp_path / "target"
     target.mkdir()
     as_nobody("ln", "-s", str(target), str(shared / "tmpdir"))
-    code = "import touchfile\ntouchfile.TouchFile()"
-    proc = run([sys.executable, "-c", code], env={**os.environ, "TMPDIR": str(shared / "tmpdir")})
+    env = {**os.environ, "TMPDIR": str(shared / "tmpdir")}
+    proc = run([sys.executable, program("temporary")], env=env)
     assert proc.returncode == 1 and "PermissionError" in proc.stderr
     _stopped_by_touchfile(proc.stderr, "protected_symlinks")
     assert list(target.iterdir()) == []
