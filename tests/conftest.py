@@ -29,9 +29,10 @@ def holders() -> Iterator[list[Holder]]:
         holder.stop()
 
 
-@pytest.fixture(params=["native", "poll"], autouse=True)
+@pytest.fixture(params=["native", "poll"])
 def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    """Every test runs against the native wait and the polling fallback.
+    """A test that waits runs against the native wait and the polling fallback
+    (it asks for mode, or uses it with @pytest.mark.usefixtures("mode")).
 
     TOUCHFILE_NATIVE is read when a TouchFile is made, and inherited by
     child processes; "1" fails loudly if the native core is not built.
@@ -44,3 +45,12 @@ def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
 @pytest.fixture
 def lock_path(tmp_path: Path) -> str:
     return str(tmp_path / "test.lock")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests run in polling mode get the keyword poll_mode (so that .ci/sanitize,
+    which is about the native core, can leave them out with -k "not poll_mode")."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("mode") == "poll":
+            item.add_marker(pytest.mark.poll_mode)

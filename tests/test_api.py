@@ -25,6 +25,7 @@ from touchfile import (
 )
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 def test_public_names() -> None:
     """The names the API promises are exported, and nothing else by accident."""
     assert set(touchfile.__all__) == {
@@ -172,6 +173,7 @@ def test_kind_by_name(lock_path: str) -> None:
             assert not probe(lock_path, "shared")
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 @pytest.mark.parametrize("bad", ["x", 1, object()])
 def test_bad_ctx(lock_path: str, bad: object) -> None:
     """ctx must be a Context."""
@@ -256,6 +258,7 @@ def test_with_lock_releases_on_error(lock_path: str) -> None:
         assert probe(lock_path) and not tf.locked()
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 def test_with_lock_never_runs_fn_without_lock(lock_path: str, holders: Holders) -> None:
     """If the lock is not had, fn is not called."""
     from helpers import hold
@@ -295,6 +298,7 @@ def test_acquire_after_close(lock_path: str) -> None:
         tf.with_lock(lambda: None)
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 def test_close_releases_other_threads_locks(lock_path: str) -> None:
     """close() releases a lock another thread holds; that thread's release() says so."""
     tf = TouchFile(lock_path)
@@ -320,6 +324,7 @@ def test_close_releases_other_threads_locks(lock_path: str) -> None:
     assert len(errors) == 1 and "close() released it" in str(errors[0])
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 def test_context_constructors() -> None:
     """Context deadlines: with_timeout, with_deadline, parents; bad input rejected."""
     import time
@@ -346,6 +351,7 @@ def test_context_constructors() -> None:
     assert "remaining" in repr(ctx)
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 def test_context_cancel_propagates_down_only() -> None:
     """Cancelling a parent cancels children (even born later); not the reverse."""
     root = Context.with_cancel()

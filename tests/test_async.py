@@ -17,6 +17,8 @@ from helpers import probe, wait_until
 
 from touchfile import SHARED, Context, LockCancelled, LockError, LockTimeout, TouchFile
 
+pytestmark = pytest.mark.usefixtures("mode")  # every test here waits: native and polling
+
 
 class Blocker:
     """The lock held through another open file description of this process."""

@@ -225,6 +225,7 @@ def test_help_shows_examples() -> None:
 KINDS = {"exclusive": "-x", "shared": "-s"}
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 @needs_flock
 @pytest.mark.parametrize("held", ["exclusive", "shared"])
 @pytest.mark.parametrize("wanted", ["exclusive", "shared"])
@@ -239,6 +240,7 @@ def test_conflicts_with_flock_both_ways(
     assert proc.stderr == ""  # a conflict is not an error: nothing is printed
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 @pytest.mark.parametrize(
     ("args", "status"),
     [
@@ -273,6 +275,7 @@ def test_long_close_and_verbose(lock_path: str) -> None:
     assert lock_path in inherited.stdout
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 @needs_flock
 def test_waits_for_flock_holder_then_runs(
     lock_path: str, holders: Holders, procs: list[subprocess.Popen[str]]
@@ -287,6 +290,7 @@ def test_waits_for_flock_holder_then_runs(
     assert (waiter.returncode, out, err) == (0, "ran\n", "")
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 @needs_flock
 def test_deadline_expires_against_flock(lock_path: str, holders: Holders) -> None:
     """-w SECONDS gives up with the conflict status once SECONDS have passed, not before."""
@@ -311,6 +315,7 @@ def test_command_holds_the_lock(lock_path: str) -> None:
 # ---- the lock's inheritance ------------------------------------------------
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 def test_command_keeps_lock_when_touchfile_is_killed(
     lock_path: str, procs: list[subprocess.Popen[str]]
 ) -> None:
@@ -326,6 +331,7 @@ def test_command_keeps_lock_when_touchfile_is_killed(
     wait_until(lambda: probe(lock_path))
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 def test_close_option_command_does_not_inherit(
     lock_path: str, procs: list[subprocess.Popen[str]]
 ) -> None:
@@ -338,6 +344,7 @@ def test_close_option_command_does_not_inherit(
     wait_until(lambda: probe(lock_path))
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 @needs_flock
 @pytest.mark.parametrize("tool", ["flock", TOUCHFILE])
 def test_background_child_keeps_lock_like_flock(lock_path: str, tool: str) -> None:
@@ -357,6 +364,7 @@ def test_background_child_keeps_lock_like_flock(lock_path: str, tool: str) -> No
 # ---- signals ------------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_signal_ends_the_wait_and_nothing_runs(
     lock_path: str, holders: Holders, procs: list[subprocess.Popen[str]], signum: int
@@ -375,6 +383,7 @@ def test_signal_ends_the_wait_and_nothing_runs(
     assert proc.stderr is not None and proc.stderr.read() == ""
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 def test_ignored_hangup_stays_ignored(
     lock_path: str, holders: Holders, procs: list[subprocess.Popen[str]]
 ) -> None:
@@ -389,6 +398,7 @@ def test_ignored_hangup_stays_ignored(
     assert proc.communicate(timeout=10)[0] == "ran\n"
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_signal_is_passed_on_to_the_command(
     lock_path: str, procs: list[subprocess.Popen[str]], signum: int
@@ -401,6 +411,7 @@ def test_signal_is_passed_on_to_the_command(
     assert proc.wait(timeout=10) == 11  # the command saw exactly one
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 def test_command_killed_by_signal_gives_128_plus_n(
     lock_path: str, procs: list[subprocess.Popen[str]]
 ) -> None:
@@ -454,6 +465,7 @@ def test_ctrl_c_at_terminal_reaches_command_once(lock_path: str) -> None:
         os.close(master)
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 def test_verbose_keeps_a_status_line_on_a_terminal(lock_path: str, holders: Holders) -> None:
     """-v on a terminal: one status line, rewritten while waiting, then cleared."""
     holder = hold(holders, lock_path)
@@ -476,6 +488,7 @@ def test_verbose_keeps_a_status_line_on_a_terminal(lock_path: str, holders: Hold
 # ---- who holds it ---------------------------------------------------------
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 def test_verbose_says_who_holds_it(lock_path: str, holders: Holders) -> None:
     """-v (not a terminal): once the wait passes 1 s, stderr names the holder."""
     holder = hold(holders, lock_path, "shared")
@@ -489,6 +502,7 @@ def test_verbose_says_who_holds_it(lock_path: str, holders: Holders) -> None:
     assert lines[1].startswith("touchfile: gave up after 1.3")
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 def test_quiet_without_verbose(lock_path: str, holders: Holders) -> None:
     """Without -v, a wait over 1 s prints nothing."""
     holder = hold(holders, lock_path)
@@ -501,6 +515,7 @@ def test_quiet_without_verbose(lock_path: str, holders: Holders) -> None:
     assert (proc.returncode, err) == (0, "")
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 @needs_flock
 def test_holders_lists_flock_and_its_command(lock_path: str, holders: Holders) -> None:
     """--holders and TouchFile.holders() name flock(1) and the command that inherited its lock."""
@@ -519,6 +534,7 @@ def test_holders_lists_flock_and_its_command(lock_path: str, holders: Holders) -
     assert any(line.split()[:3] == [str(holder.proc.pid), "exclusive", "flock"] for line in lines)
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 def test_holders_of_shared_locks_and_of_none(lock_path: str, holders: Holders) -> None:
     """Every shared holder is listed; a free lock has no holders."""
     with TouchFile(lock_path) as tf:
@@ -533,6 +549,7 @@ def test_holders_of_shared_locks_and_of_none(lock_path: str, holders: Holders) -
             assert os.getpid() in [h.pid for h in tf.holders()]
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 def test_holders_after_the_taker_died(lock_path: str, procs: list[subprocess.Popen[str]]) -> None:
     """When touchfile is killed, the holder shown is the command that inherited the lock."""
     proc = start(procs, [TOUCHFILE, lock_path, "-c", "echo locked; read x"])
@@ -608,6 +625,7 @@ def test_closed_stdout_never_becomes_the_lock_file(lock_path: str) -> None:
     assert os.path.getsize(lock_path) == 0
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 def test_ignored_hangup_is_not_passed_on(
     lock_path: str, procs: list[subprocess.Popen[str]]
 ) -> None:
@@ -631,6 +649,7 @@ def test_ignored_hangup_is_not_passed_on(
     assert (proc.returncode, out) == (0, "")
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 def test_repeated_stop_signals_print_no_traceback(
     lock_path: str, holders: Holders, procs: list[subprocess.Popen[str]]
 ) -> None:
@@ -656,6 +675,7 @@ def test_stop_signal_as_handlers_are_put_in_place(lock_path: str, signum: int) -
     assert (proc.returncode, proc.stderr) == (128 + signum, "")
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 def test_stop_signal_after_grant_before_command(lock_path: str, tmp_path: Path) -> None:
     """A stop signal that arrives after the lock is taken but before the command
     starts: the command never runs (touchfile is held up writing -v output here)."""
@@ -688,6 +708,7 @@ def test_stop_signal_after_grant_before_command(lock_path: str, tmp_path: Path) 
     assert b"took the exclusive lock" in err
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 def test_holders_omits_a_taker_that_passed_the_lock_on(
     lock_path: str, procs: list[subprocess.Popen[str]]
 ) -> None:

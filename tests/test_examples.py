@@ -8,6 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.usefixtures("mode")  # every test here waits: native and polling
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 

@@ -13,6 +13,8 @@ from helpers import Holders, hold, probe, run_program
 
 from touchfile import EXCLUSIVE, SHARED, LockTimeout, LockType, TouchFile
 
+pytestmark = pytest.mark.usefixtures("mode")  # every test here waits: native and polling
+
 TOOLS = ["fcntl", "flock", "filelock", "touchfile"]
 
 

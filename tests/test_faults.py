@@ -69,6 +69,7 @@ def test_deleted_or_replaced_while_held(lock_path: str, how: str) -> None:
             assert not probe(lock_path)
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 def test_deleted_while_waited_on(lock_path: str, holders: Holders) -> None:
     """The lock file deleted while a thread waits: the waiter, granted the old inode
     when its holder releases, moves to the file now at the path and waits for that
@@ -104,6 +105,7 @@ def test_try_after_deleted_or_replaced(lock_path: str, how: str) -> None:
                 assert not probe(lock_path)
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 def test_parent_directory_removed(tmp_path: Path, holders: Holders) -> None:
     """The lock file's directory removed after TouchFile() opened it: a waiter (once
     the holder releases) and every later acquisition raise FileNotFoundError naming
@@ -230,6 +232,7 @@ def test_unreadable_directory_unprivileged(tmp_path: Path) -> None:
     assert proc.stdout == "PermissionError True\n", proc.stderr
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 def test_read_only_file_system(tmp_path: Path, holders: Holders) -> None:
     """On a read-only file system an existing lock file locks (read-only) and waits
     as anywhere; a missing one is OSError(EROFS) naming it, and the command exits 73."""
@@ -344,6 +347,7 @@ def test_sa_restart_handler_during_a_wait(lock_path: str, holders: Holders, mode
 # ---- the waiter goes away ------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 def test_daemon_thread_waiters_at_shutdown(lock_path: str, holders: Holders) -> None:
     """Interpreter shutdown while daemon threads wait (no deadline, a context, or
     deadlines landing during shutdown): the process exits at once with status 0
@@ -355,6 +359,7 @@ def test_daemon_thread_waiters_at_shutdown(lock_path: str, holders: Holders) -> 
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "main returns\n", "")
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 def test_killed_waiter_leaves_nothing(lock_path: str, holders: Holders) -> None:
     """A waiting process killed with SIGKILL never ends up holding the lock: once
     the holder releases, the lock is free."""
@@ -385,6 +390,7 @@ HUGE = [
 ]
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 @pytest.mark.parametrize(
     "timeout", HUGE, ids=["1e9", "TIMEOUT_MAX", "2xTIMEOUT_MAX", "1e300", "float-max",
                           "inf", "int-1e20", "int-1e400"]
@@ -421,6 +427,7 @@ def test_huge_timeouts_wait_until_granted(lock_path: str, timeout: float) -> Non
         blocker.release()
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 @pytest.mark.parametrize("timeout", [0.0, 5e-324, 1e-9], ids=["0", "min-float", "1e-9"])
 def test_tiny_timeouts_try_once(lock_path: str, holders: Holders, timeout: float) -> None:
     """A timeout of 0, the smallest float or 1e-9 s takes a free lock, and on a held

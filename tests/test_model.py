@@ -50,6 +50,8 @@ from touchfile import (
     TouchFile,
 )
 
+pytestmark = pytest.mark.usefixtures("mode")  # every test here waits: native and polling
+
 T = TypeVar("T")
 Kind = Union[LockType, str]
 

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 import pytest
 from helpers import Holders, hold, probe, program, run_program
 
+pytestmark = pytest.mark.usefixtures("mode")  # every test here waits: native and polling
+
 
 def test_fork_child_cannot_break_parents_lock(lock_path: str) -> None:
     """After fork() the child owns none of the parent's locks: its release,

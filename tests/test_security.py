@@ -358,6 +358,7 @@ def nfs_like(nfslikefs: str, tmp_path: Path) -> Iterator[Path]:
         daemon.wait(timeout=10)
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 def test_exclusive_lock_on_nfs_reopens_read_write(nfs_like: Path, holders: Holders) -> None:
     """Where flock() is emulated with byte-range locks (NFS), an exclusive lock
     through the read-only descriptor fails with EBADF: touchfile reopens the file
@@ -390,6 +391,7 @@ def test_exclusive_lock_on_nfs_needs_write_access(nfs_like: Path) -> None:
 # ---- TouchFile()'s temporary file -------------------------------------------------------
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 @pytest.mark.parametrize("how", ["removed", "replaced"])
 def test_temporary_file_is_never_recreated(how: str) -> None:
     """The private file of TouchFile(), once removed or replaced, is never made
@@ -496,6 +498,7 @@ def _hung_mount(tmp_path: Path) -> Iterator[int]:
         daemon.wait(timeout=10)
 
 
+@pytest.mark.usefixtures("mode")  # waits: native and polling
 def test_holders_beside_a_hung_mount(lock_path: str, holders: Holders, tmp_path: Path) -> None:
     """holders() (and --holders) answer at once while another process has a file
     open on a hung mount: they read /proc/PID/fdinfo, never stat() a descriptor."""

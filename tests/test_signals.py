@@ -11,6 +11,8 @@ from helpers import Holders, hold, run_program
 
 from touchfile import Context, LockCancelled, LockTimeout, TouchFile
 
+pytestmark = pytest.mark.usefixtures("mode")  # every test here waits: native and polling
+
 
 def test_only_the_waiting_thread_is_signalled(lock_path: str, holders: Holders, mode: str) -> None:
     """Deadlines and cancels signal the waiting thread only: a bystander thread

@@ -17,6 +17,8 @@ import stress
 
 from touchfile import Context, LockCancelled, LockTimeout, TouchFile
 
+pytestmark = pytest.mark.usefixtures("mode")  # every test here waits: native and polling
+
 
 @pytest.mark.timeout(120)
 def test_chaos_harness_finds_no_violation(mode: str) -> None:

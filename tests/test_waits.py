@@ -13,6 +13,8 @@ from helpers import Holders, hold, probe
 
 from touchfile import EXCLUSIVE, SHARED, Context, LockCancelled, LockError, LockTimeout, TouchFile
 
+pytestmark = pytest.mark.usefixtures("mode")  # every test here waits: native and polling
+
 
 def in_thread(fn: object) -> tuple[threading.Thread, list[object]]:
     """Run fn in a thread; its result or exception lands in the returned list."""
