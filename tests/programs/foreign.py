@@ -9,6 +9,8 @@ import sys
 import time
 import warnings
 
+from sigaction import add_sa_restart
+
 from touchfile import LockTimeout, TouchFile
 
 warnings.simplefilter("always")
@@ -30,23 +32,9 @@ if when == "after":
     print("native-before", tf.native)
     signal.signal(signal.SIGURG, foreign)
 if when == "restart":
-    import ctypes
-
-    class Sigaction(ctypes.Structure):
-        _fields_ = [
-            ("handler", ctypes.c_void_p),
-            ("mask", ctypes.c_ulong * 16),
-            ("flags", ctypes.c_int),
-            ("restorer", ctypes.c_void_p),
-        ]
-
-    libc = ctypes.CDLL(None, use_errno=True)
     with contextlib.suppress(LockTimeout):
         tf.acquire(timeout=0.01)
-    act = Sigaction()
-    assert libc.sigaction(signal.SIGURG, None, ctypes.byref(act)) == 0
-    act.flags |= 0x10000000  # SA_RESTART, on our own handler
-    assert libc.sigaction(signal.SIGURG, ctypes.byref(act), None) == 0
+    add_sa_restart(signal.SIGURG)  # on touchfile's own handler
 with warnings.catch_warnings(record=True) as caught:
     start = time.monotonic()
     try:

@@ -3,32 +3,13 @@
 
 from __future__ import annotations
 
-import ctypes
 import signal
 import sys
 import time
 
+from sigaction import handler_of
+
 from touchfile import LockTimeout, TouchFile
-
-
-class Sigaction(ctypes.Structure):
-    _fields_ = [
-        ("handler", ctypes.c_void_p),
-        ("mask", ctypes.c_ulong * 16),
-        ("flags", ctypes.c_int),
-        ("restorer", ctypes.c_void_p),
-    ]
-
-
-libc = ctypes.CDLL(None)
-
-
-def handler_of(sig: int) -> int | None:
-    act = Sigaction()
-    libc.sigaction(sig, None, ctypes.byref(act))
-    handler: int | None = act.handler
-    return handler
-
 
 tf = TouchFile(sys.argv[1])
 start = time.monotonic()

@@ -3,26 +3,16 @@
 
 from __future__ import annotations
 
-import ctypes
 import signal
 import sys
 import threading
 import time
 import warnings
 
+from sigaction import add_sa_restart
+
 from touchfile import Context, LockTimeout, TouchFile
 
-
-class Sigaction(ctypes.Structure):
-    _fields_ = [
-        ("handler", ctypes.c_void_p),
-        ("mask", ctypes.c_ulong * 16),
-        ("flags", ctypes.c_int),
-        ("restorer", ctypes.c_void_p),
-    ]
-
-
-libc = ctypes.CDLL(None)
 tf = TouchFile(sys.argv[1])
 ctx = Context.with_cancel()
 granted, done = threading.Event(), threading.Event()
@@ -38,10 +28,7 @@ def waiter() -> None:
 thread = threading.Thread(target=waiter)
 thread.start()
 time.sleep(0.1)  # blocked in flock() by now
-act = Sigaction()
-libc.sigaction(signal.SIGURG, None, ctypes.byref(act))
-act.flags |= 0x10000000  # SA_RESTART
-libc.sigaction(signal.SIGURG, ctypes.byref(act), None)
+add_sa_restart(signal.SIGURG)
 ctx.cancel()
 thread.join(0.2)
 print("cancel ended it", not thread.is_alive(), flush=True)
