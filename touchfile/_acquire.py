@@ -35,7 +35,8 @@ class Locks:
     to the one handle through which it holds its lock; idle holds handles
     that hold no lock; a handle in neither is being used by an acquisition
     in progress, which puts it in one of them or closes it. closed only goes
-    from False to True. The hot path (begin, commit, release) takes no mutex:
+    from False to True. The hot path (begin, commit, TouchFile.release, which
+    does Locks' part of a release itself) takes no mutex:
     each step is one atomic dict or list operation (atomic under the GIL, and
     per object in free-threaded builds), and close() sets closed before it
     empties held, so either close() sees a new entry or its committer sees
@@ -77,7 +78,7 @@ class Locks:
             self.backend.release(handle)
             self.idle.append(handle)
         if self.closed:  # close() may have drained the pool before our append
-            self._close_idle()
+            self.close_idle()
 
     def commit(self, owner: object, handle: Any) -> None:
         """owner holds the lock through handle now (unless close() came)."""
@@ -93,17 +94,10 @@ class Locks:
         name = self.backend.name
         return LockError(f"{name} was closed while the lock was being taken", name)
 
-    def release(self, owner: object) -> None:
-        handle = self.held.pop(owner, None)
-        if handle is None:
-            why = " (close() released it)" if self.closed else ""
-            name = self.backend.name
-            raise LockError(f"this thread holds no lock on {name}{why}", name)
-        self.backend.release(handle)
-        if not handle.closed:
-            self.idle.append(handle)
-        if self.closed:
-            self._close_idle()
+    def not_held(self) -> LockError:
+        why = " (close() released it)" if self.closed else ""
+        name = self.backend.name
+        return LockError(f"this thread holds no lock on {name}{why}", name)
 
     def close(self) -> None:
         with self.mutex:
@@ -120,10 +114,10 @@ class Locks:
                 break
             self.backend.release(handle)
             self.backend.close(handle)
-        self._close_idle()
+        self.close_idle()
         self.backend.discard()
 
-    def _close_idle(self) -> None:
+    def close_idle(self) -> None:
         while True:
             try:
                 self.backend.close(self.idle.pop())

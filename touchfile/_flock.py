@@ -38,7 +38,7 @@ from ._open import open_lock_file
 OK, BUSY, STALE, INTERRUPTED = Outcome.OK, Outcome.BUSY, Outcome.STALE, Outcome.INTERRUPTED
 DEADLINE, NO_HANDLER = Outcome.DEADLINE, Outcome.NO_HANDLER
 
-_EX, _SH = fcntl.LOCK_EX, fcntl.LOCK_SH
+_EX, _SH, _UN, _flock = fcntl.LOCK_EX, fcntl.LOCK_SH, fcntl.LOCK_UN, fcntl.flock
 
 # What flock(LOCK_EX) fails with on NFS through a read-only descriptor: the
 # client emulates flock() with byte-range locks, and a write lock needs a
@@ -105,16 +105,15 @@ class FlockHandle:
             self.close()
 
 
-def py_try_lock(fd: int, op: int, path: bytes, dev: int, ino: int) -> Outcome:
+def py_try_lock(fd: int, op: int, path: bytes, dev: int, ino: int) -> int:
     """_native.try_lock() in Python: one flock(LOCK_NB), then check that path
-    still names fd's file. Raises OSError for errors other than busy."""
+    still names fd's file. The code of an Outcome, or -errno."""
     try:
         fcntl.flock(fd, op | fcntl.LOCK_NB)
     except BlockingIOError:
         return BUSY
-    except OSError as error:  # as _native.try_lock()'s: naming the path
-        error.filename = os.fsdecode(path)
-        raise
+    except OSError as error:
+        return -(error.errno or errno.EIO)
     try:
         st = os.stat(path)
         if st.st_dev == dev and st.st_ino == ino:
@@ -146,7 +145,7 @@ class PollingWaiter:
         while True:
             if self.reason is not None:
                 return self.reason
-            rc = py_try_lock(handle.fd, op, path, handle.dev, handle.ino)
+            rc = _native.outcome(py_try_lock(handle.fd, op, path, handle.dev, handle.ino), path)
             if rc is not BUSY:
                 return rc
             left = self.deadline - time.monotonic()
@@ -174,11 +173,12 @@ class FlockPolling:
         self.name = os.path.abspath(path)
         self._bpath = os.fsencode(self.name)
         self._mode = mode
-        # One non-blocking flock(), then the path's check: OK, BUSY, STALE or
-        # INTERRUPTED (taken as BUSY). An attribute, not a method: the hot path.
-        self._try: Callable[[int, int, bytes, int, int], Outcome] = self._try_function()
+        # One non-blocking flock(), then the path's check: the code of an
+        # Outcome (OK, BUSY, STALE, INTERRUPTED) or -errno, for
+        # _native.outcome(). An attribute, not a method: the hot path.
+        self._try: Callable[[int, int, bytes, int, int], int] = self._try_function()
 
-    def _try_function(self) -> Callable[[int, int, bytes, int, int], Outcome]:
+    def _try_function(self) -> Callable[[int, int, bytes, int, int], int]:
         return py_try_lock
 
     # ---- handles --------------------------------------------------------------
@@ -221,7 +221,7 @@ class FlockPolling:
         # creates a new file at the path and locks that one too, and two
         # holders would be in at once.
         if not handle.closed:
-            fcntl.flock(handle.fd, fcntl.LOCK_UN)
+            _flock(handle.fd, _UN)
 
     def close(self, handle: FlockHandle) -> None:
         handle.close()
@@ -239,26 +239,30 @@ class FlockPolling:
 
     def try_lock(self, handle: FlockHandle, kind: LockType) -> bool:
         op = _EX if kind is EXCLUSIVE else _SH
-        try:
-            rc = self._try(handle.fd, op, self._bpath, handle.dev, handle.ino)
-        except OSError as error:
-            rc = self._retry_writable(handle, op, error)
-        if rc is STALE:  # the path names another file now: try that one, once
+        rc = self._try(handle.fd, op, self._bpath, handle.dev, handle.ino)
+        if rc == OK:
+            return True  # every acquisition's path: nothing more to look at
+        outcome = self._outcome(handle, op, rc)
+        if outcome is STALE:  # the path names another file now: try that one, once
             self._reopen(handle, writable=False)  # read-write again as needed
-            rc = self._try_once(handle, op)
-        return rc is OK  # STALE again: replaced as we tried, as good as busy
+            outcome = self._try_once(handle, op)
+        return outcome is OK  # STALE again: replaced as we tried, as good as busy
 
     def _try_once(self, handle: FlockHandle, op: int) -> Outcome:
-        try:
-            return self._try(handle.fd, op, self._bpath, handle.dev, handle.ino)
-        except OSError as error:
-            return self._retry_writable(handle, op, error)
+        """One try: OK, BUSY, STALE or INTERRUPTED (taken as BUSY by callers)."""
+        return self._outcome(
+            handle, op, self._try(handle.fd, op, self._bpath, handle.dev, handle.ino)
+        )
 
-    def _retry_writable(self, handle: FlockHandle, op: int, error: OSError) -> Outcome:
-        """After a try failed with error: as flock(1) does, reopen read-write
-        where that is what an exclusive lock needs (NFS) and try again."""
-        self._open_writable(handle, op, error)
-        return self._try(handle.fd, op, self._bpath, handle.dev, handle.ino)
+    def _outcome(self, handle: FlockHandle, op: int, rc: int) -> Outcome:
+        """A try's code as an Outcome. An error that says an exclusive lock
+        needs a descriptor open for writing (NFS): as flock(1) does, reopen
+        read-write and try again."""
+        try:
+            return _native.outcome(rc, self._bpath)
+        except OSError as error:
+            self._open_writable(handle, op, error)
+        return self._try_once(handle, op)
 
     def _open_writable(self, handle: FlockHandle, op: int, error: OSError) -> None:
         """Reopen handle read-write if error says an exclusive lock needs it,
@@ -342,7 +346,7 @@ class FlockNative(FlockPolling):
     def native(self) -> bool:
         return _native.handler_ready()
 
-    def _try_function(self) -> Callable[[int, int, bytes, int, int], Outcome]:
+    def _try_function(self) -> Callable[[int, int, bytes, int, int], int]:
         return _native.try_lock
 
     def waiter(self, deadline: float) -> NativeWaiter:

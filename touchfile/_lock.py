@@ -90,7 +90,16 @@ class TouchFile:
 
     def release(self) -> None:
         """Give back the lock this thread holds. Raises LockError if it holds none."""
-        self._locks.release(self._owner() if self._async else _get_ident())
+        # Locks' part of a release, here: one call less on every release.
+        locks = self._locks
+        handle = locks.held.pop(self._owner() if self._async else _get_ident(), None)
+        if handle is None:
+            raise locks.not_held()
+        locks.backend.release(handle)
+        if not handle.closed:
+            locks.idle.append(handle)
+        if locks.closed:  # close() may have drained the pool before our append
+            locks.close_idle()
 
     def holders(self) -> list[LockHolder]:
         """The processes holding a lock on this file right now (Linux only).

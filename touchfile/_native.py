@@ -99,7 +99,11 @@ _loaded = _load()
 AVAILABLE = _loaded is not None
 if _loaded is not None:
     _ffi, _lib = _loaded
-    _tf_try = _lib.tf_try
+    # tf_try() itself, for every acquisition's path (a Python wrapper would
+    # cost a call): one flock(fd, op | LOCK_NB), then the check that path still
+    # names (dev, ino). Its code is Outcome.OK when the lock is taken; any
+    # other goes through outcome().
+    try_lock: Callable[[int, int, bytes, int, int], int] = _lib.tf_try
 
 # The interrupt signal, once use_signal() has chosen it (SIGURG until then).
 SIGNAL = int(signal.SIGURG)
@@ -122,15 +126,12 @@ def _errno(rc: int, path: bytes) -> OSError:
     return OSError(-rc, os.strerror(-rc), os.fsdecode(path))
 
 
-def try_lock(
-    fd: int, op: int, path: bytes, dev: int, ino: int, _outcomes: tuple[Outcome, ...] = _OUTCOMES
-) -> Outcome:
-    """One flock(fd, op | LOCK_NB), then check that path still names (dev, ino):
-    OK, BUSY, STALE or INTERRUPTED. Raises OSError for any other error."""
-    rc = _tf_try(fd, op, path, dev, ino)
+def outcome(rc: int, path: bytes) -> Outcome:
+    """A code of the core's as an Outcome; a negative one (-errno) raises
+    OSError naming path."""
     if rc < 0:
         raise _errno(rc, path)
-    return _outcomes[rc]  # a local: this is every acquisition's path
+    return _OUTCOMES[rc]
 
 
 class Waiter:
@@ -149,10 +150,7 @@ class Waiter:
     def wait(self, fd: int, op: int, path: bytes, dev: int, ino: int) -> Outcome:
         """OK, STALE, INTERRUPTED, NO_HANDLER, or the reason the wait ended.
         Raises OSError for any other error."""
-        rc = _lib.tf_wait(self._w, fd, op, path, dev, ino)
-        if rc < 0:
-            raise _errno(rc, path)
-        return _OUTCOMES[rc]
+        return outcome(_lib.tf_wait(self._w, fd, op, path, dev, ino), path)
 
     def cancel(self, reason: Outcome) -> None:
         """End the wait with reason, now or when it starts (the first reason wins)."""
