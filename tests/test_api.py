@@ -283,6 +283,9 @@ def test_errors_pickle_and_name_the_wait() -> None:
         assert copy.path == error.path
     copy = pickle.loads(pickle.dumps(timeout))
     assert copy.kind is EXCLUSIVE and copy.waited == 1.5
+    # The kind is pickled by its public name, which every version of touchfile
+    # has, wherever the class lives: pickles cross versions.
+    assert b"ctouchfile\nLockType" in pickle.dumps(timeout, protocol=0)
     assert "shared lock on /x" in str(LockCancelled("/x", SHARED, 0.25))
     assert "cancelled after 0.250 s" in str(LockCancelled("/x", SHARED, 0.25))
 

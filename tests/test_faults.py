@@ -16,6 +16,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import TOUCHFILE, Holders, hold, probe, program, run_program
@@ -443,3 +444,55 @@ def test_tiny_timeouts_try_once(lock_path: str, holders: Holders, timeout: float
         with pytest.raises(LockTimeout):
             asyncio.run(tf.acquire_async(timeout=timeout))
         assert time.monotonic() - start < 0.5
+
+
+def _interrupted_acquisition(lock_path: str, other: int, target: int) -> tuple[bool, list[str]]:
+    """An acquisition that waits 50 ms for other's lock, with KeyboardInterrupt
+    raised at the entry of its target-th touchfile function: (whether it was
+    raised, the functions entered). Checks that the lock is held by the caller
+    or free, then leaves it free."""
+    fcntl.flock(other, fcntl.LOCK_EX)
+    timer = threading.Timer(0.05, fcntl.flock, (other, fcntl.LOCK_UN))
+    calls: list[str] = []
+
+    def raise_at_target(frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and "/touchfile/" in frame.f_code.co_filename:
+            calls.append(frame.f_code.co_name)
+            if len(calls) == target:
+                sys.settrace(None)
+                raise KeyboardInterrupt
+
+    with TouchFile(lock_path) as tf:
+        timer.start()
+        sys.settrace(raise_at_target)
+        try:
+            tf.acquire()
+            interrupted = False
+        except KeyboardInterrupt as error:
+            interrupted = True
+            kept = error  # alive, as a caller that keeps its traceback does
+        finally:
+            sys.settrace(None)
+        timer.join()
+        held, free = tf.locked(), probe(lock_path)
+        assert held != free, f"at {calls[-1]}: held {held}, lock free {free}"
+        if held:
+            tf.release()
+        if interrupted:
+            del kept
+    return interrupted, calls
+
+
+def test_an_exception_anywhere_in_a_wait_leaves_nothing_held(lock_path: str, mode: str) -> None:
+    """KeyboardInterrupt raised at the entry of each touchfile function in turn
+    (where a signal handler's exception lands), during an acquisition that waits:
+    whichever it hits, the lock is either held by the caller or free, never held
+    by no one."""
+    other = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
+    try:
+        target = 1
+        while _interrupted_acquisition(lock_path, other, target)[0]:
+            target += 1  # until every call of the acquisition has been hit
+        assert target > 5
+    finally:
+        os.close(other)

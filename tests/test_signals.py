@@ -79,7 +79,8 @@ def test_foreign_handler_falls_back_to_polling(
     touchfile's, or touchfile's own given SA_RESTART) is detected: a warning
     says so, and waits poll (still ending at their deadline) rather than hang.
     The application's SIG_IGN is its choice too, and stays: replacing it would
-    let any process of the user interrupt system calls in every thread."""
+    let any process of the user interrupt system calls in every thread. The
+    warning names the caller's line, so that filters by module work."""
     if mode != "native":
         pytest.skip("concerns the native interrupt only")
     hold(holders, lock_path)
@@ -92,6 +93,7 @@ def test_foreign_handler_falls_back_to_polling(
     assert lines[1] == "native False"
     assert "has a handler that is not touch" in lines[2]
     assert lines[3] == f"ignored {when == 'ignored'}"
+    assert lines[4] == "warned at ['foreign.py']"  # the caller's acquire(), for filters
 
 
 def test_interrupt_signal_can_be_chosen(lock_path: str, holders: Holders, mode: str) -> None:

@@ -4,7 +4,7 @@ over any backend (_backend.py); it knows nothing of flock().
 
 begin() does everything a lock that is free needs, with no allocation beyond
 the backend's; only a busy lock makes a Request, whose wait() blocks (in the
-caller's thread, or in a thread of _async's) and whose commit() makes the
+caller's thread, or in a thread of _async's) and whose hold() makes the
 caller the holder. ended() is the one place where an outcome becomes an
 exception.
 """
@@ -35,11 +35,11 @@ class Locks:
     to the one handle through which it holds its lock; idle holds handles
     that hold no lock; a handle in neither is being used by an acquisition
     in progress, which puts it in one of them or closes it. closed only goes
-    from False to True. The hot path (begin, commit, TouchFile.release, which
+    from False to True. The hot path (begin, Request.hold, TouchFile.release, which
     does Locks' part of a release itself) takes no mutex:
     each step is one atomic dict or list operation (atomic under the GIL, and
     per object in free-threaded builds), and close() sets closed before it
-    empties held, so either close() sees a new entry or its committer sees
+    empties held, so either close() sees a new entry or whoever added it sees
     closed; whoever pops an entry first releases it.
     """
 
@@ -79,12 +79,6 @@ class Locks:
             self.idle.append(handle)
         if self.closed:  # close() may have drained the pool before our append
             self.close_idle()
-
-    def commit(self, owner: object, handle: Any) -> None:
-        """owner holds the lock through handle now (unless close() came)."""
-        self.held[owner] = handle
-        if self.closed:
-            raise self.closed_while_taking(owner, handle)
 
     def closed_while_taking(self, owner: object, handle: Any) -> LockError:
         """close() came as owner took the lock through handle: undo, and say so."""
@@ -176,7 +170,7 @@ def begin(
         if handle is not None:
             locks.give_back(handle)
         raise
-    locks.held[owner] = handle  # as commit(), inline: the hot path
+    locks.held[owner] = handle  # as Request.hold(): no call since the try
     if locks.closed:
         raise locks.closed_while_taking(owner, handle)
     return None
@@ -202,7 +196,7 @@ def _deadline(name: str, kind: LockType, timeout: object, ctx: object, now: floa
 
 class Request:
     """A busy lock's acquisition in progress: the normalized request, and the
-    handle it holds on to until commit() or abandon()."""
+    handle it holds on to until hold() or abandon()."""
 
     __slots__ = ("ctx", "deadline", "handle", "kind", "locks", "owner", "start")
 
@@ -225,13 +219,14 @@ class Request:
         self.start = start  # when the call began, for the errors' waited
 
     def finish(self) -> None:
-        """wait(), then commit(); abandon() if either fails."""
+        """wait(), then hold: the sync API's end of an acquisition."""
         try:
             self.wait(self.ctx)
+            self.hold()
         except BaseException:
             self.abandon()
             raise
-        self.locks.commit(self.owner, self.handle)
+        self.check_closed()
 
     def wait(self, ctx: Context | None) -> None:
         """Block until the handle holds the lock, the deadline passes, ctx
@@ -255,12 +250,28 @@ class Request:
         if outcome is not Outcome.OK:
             raise ended(outcome, backend.name, self.kind, _monotonic() - self.start)
 
-    def commit(self) -> None:
-        self.locks.commit(self.owner, self.handle)
+    def hold(self) -> None:
+        """The owner holds the lock now. Called inside the try whose except
+        abandons, once the wait returned: an exception (KeyboardInterrupt, a
+        stop signal's) may land at any call, and one that lands between the
+        grant and this store must find the handle in no one's hands, to give
+        it back unlocked. So this is the one call, and the store is its first
+        statement: nothing can land inside it after the entry."""
+        self.locks.held[self.owner] = self.handle
+
+    def check_closed(self) -> None:
+        """After hold(): undo it, and say so, if close() came meanwhile."""
+        locks = self.locks
+        if locks.closed:
+            raise locks.closed_while_taking(self.owner, self.handle)
 
     def abandon(self) -> None:
-        """Nobody will take this lock: give the handle back (unlocked)."""
-        self.locks.give_back(self.handle)
+        """Nobody will take this lock: give the handle back (unlocked), and
+        forget it was held if hold() ran."""
+        locks = self.locks
+        if locks.held.get(self.owner) is self.handle:
+            del locks.held[self.owner]
+        locks.give_back(self.handle)
 
 
 def ended(outcome: Outcome, name: str, kind: LockType, waited: float) -> LockError:

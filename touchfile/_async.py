@@ -96,7 +96,7 @@ async def acquire(tf: TouchFile, kind: object, timeout: object, ctx: Context | N
 
 
 async def _wait_in_thread(request: Request) -> None:
-    """request.wait() in a thread, then commit() in the task; raise as it does."""
+    """request.wait() in a thread, then hold() in the task; raise as it does."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
     stop = Context.with_cancel(parent=request.ctx)  # cancelled with the task
@@ -129,6 +129,7 @@ async def _wait_in_thread(request: Request) -> None:
     _threads.run(wait)
     try:
         await done
+        request.hold()
     except asyncio.CancelledError:
         with state.mutex:
             state.abandoned = True
@@ -139,6 +140,6 @@ async def _wait_in_thread(request: Request) -> None:
             stop.cancel()  # the thread ends its wait, and gives the handle back
         raise
     except BaseException:
-        request.abandon()  # the wait failed: nothing is locked
+        request.abandon()  # the wait failed (or hold() did not happen): nothing is held
         raise
-    request.commit()
+    request.check_closed()

@@ -252,7 +252,10 @@ def _acquire(tf: TouchFile, kind: LockType, timeout: float | None, status: Statu
             return time.monotonic() - start
         except LockTimeout:
             if whole.remaining() <= 0:
-                raise
+                # A done context fails at once: one last try, without it, for
+                # a lock freed while we looked for its holders.
+                tf.acquire(kind, 0)
+                return time.monotonic() - start
         if found_at + HOLDERS_EVERY <= time.monotonic():
             # Looking through /proc takes a while on a busy machine (130 ms
             # with 12,000 descriptors), so holders are refreshed less often.

@@ -22,6 +22,7 @@ import errno
 import fcntl
 import os
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -393,8 +394,19 @@ def _warn_no_handler() -> None:
             "blocked flock() cannot be interrupted; lock waits poll instead. Set "
             "TOUCHFILE_SIGNAL to a free signal (e.g. SIGRTMIN+4) to wait in the kernel again.",
             RuntimeWarning,
-            stacklevel=6,
+            stacklevel=_caller_level(),
         )
+
+
+def _caller_level() -> int:
+    """The stacklevel of the first frame outside touchfile (the caller's
+    acquire(), whatever the path to here), for warnings filters by module."""
+    level, frame = 2, sys._getframe(2)
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").startswith(
+        f"{__package__}."
+    ):
+        level, frame = level + 1, frame.f_back
+    return level
 
 
 def _signal_name() -> str:

@@ -12,6 +12,10 @@ class LockType(enum.Enum):
     EXCLUSIVE = "exclusive"
 
 
+# Pickles (of LockTimeout's kind, say) name it touchfile.LockType, which every
+# version has, wherever the class lives.
+LockType.__module__ = "touchfile"
+
 SHARED = LockType.SHARED
 EXCLUSIVE = LockType.EXCLUSIVE
 

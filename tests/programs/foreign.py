@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import sys
 import time
@@ -44,3 +45,4 @@ with warnings.catch_warnings(record=True) as caught:
 print("native", tf.native)
 print("warned", [str(w.message)[:80] for w in caught])
 print("ignored", signal.getsignal(signal.SIGURG) == signal.SIG_IGN)
+print("warned at", [os.path.basename(w.filename) for w in caught])
