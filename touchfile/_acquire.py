@@ -35,12 +35,12 @@ class Locks:
     to the one handle through which it holds its lock; idle holds handles
     that hold no lock; a handle in neither is being used by an acquisition
     in progress, which puts it in one of them or closes it. closed only goes
-    from False to True. The hot path (begin, Request.hold, TouchFile.release, which
-    does Locks' part of a release itself) takes no mutex:
-    each step is one atomic dict or list operation (atomic under the GIL, and
-    per object in free-threaded builds), and close() sets closed before it
-    empties held, so either close() sees a new entry or whoever added it sees
-    closed; whoever pops an entry first releases it.
+    from False to True. The hot path (begin, Request.hold, and TouchFile.release,
+    which does give_back()'s part itself) takes no mutex: each step is one
+    atomic dict or list operation (atomic under the GIL, and per object in
+    free-threaded builds), and close() sets closed before it empties held, so
+    either close() sees a new entry or whoever added it sees closed; whoever
+    pops an entry first releases it.
     """
 
     __slots__ = ("__weakref__", "backend", "closed", "handles", "held", "idle", "mutex", "waits")
@@ -268,10 +268,10 @@ class Request:
     def abandon(self) -> None:
         """Nobody will take this lock: give the handle back (unlocked), and
         forget it was held if hold() ran."""
-        locks = self.locks
-        if locks.held.get(self.owner) is self.handle:
-            del locks.held[self.owner]
-        locks.give_back(self.handle)
+        # The owner held nothing before this acquisition (begin() checked), so
+        # an entry is ours; close() may pop it first, and then closed it.
+        self.locks.held.pop(self.owner, None)
+        self.locks.give_back(self.handle)
 
 
 def ended(outcome: Outcome, name: str, kind: LockType, waited: float) -> LockError:

@@ -199,8 +199,8 @@ def _wait_then_spawn(
         raise _Exit(int(args.conflict_exit_code)) from None
     except OSError as error:
         if error.filename == args.argv[0]:
-            status_ = EX_OSERR if error.errno == errno.ENOMEM else EX_UNAVAILABLE
-            raise _Exit(status_, f"failed to execute {args.argv[0]}: {error.strerror}") from None
+            code = EX_OSERR if error.errno == errno.ENOMEM else EX_UNAVAILABLE
+            raise _Exit(code, f"failed to execute {args.argv[0]}: {error.strerror}") from None
         if status:
             status.end("")
         raise _Exit(EX_OSERR, f"cannot lock {tf.path}: {error.strerror}") from None

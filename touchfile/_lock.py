@@ -90,7 +90,7 @@ class TouchFile:
 
     def release(self) -> None:
         """Give back the lock this thread holds. Raises LockError if it holds none."""
-        # Locks' part of a release, here: one call less on every release.
+        # Locks.give_back(), inline: one call less on every release.
         locks = self._locks
         handle = locks.held.pop(self._owner() if self._async else _get_ident(), None)
         if handle is None:
