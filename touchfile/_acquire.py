@@ -66,7 +66,7 @@ class Locks:
             return LockError(f"{name} is closed", name)
         return LockError(
             f"this thread (or task) already holds a lock on {name}; release it first "
-            "(flock() cannot convert a lock atomically)",
+            "(a lock cannot be converted atomically)",
             name,
         )
 
@@ -136,10 +136,17 @@ instances: weakref.WeakSet[Locks] = weakref.WeakSet()
 
 
 def begin(
-    locks: Locks, kind: object, timeout: object, ctx: Context | None, owner: object
+    locks: Locks,
+    kind: object,
+    timeout: object,
+    ctx: Context | None,
+    owner: object,
+    commit: bool = True,
 ) -> Request | None:
     """Take the lock for owner if it is free: then None, and owner holds it.
-    If it is busy, the Request that waits for it.
+    If it is busy, the Request that waits for it. With commit=False, a lock
+    that is free gives a Request too, already granted: its hold() makes
+    owner the holder (for a caller in another thread than owner's).
 
     Raises TypeError or ValueError (a bad kind, timeout or ctx), LockError
     (misuse, closed), LockTimeout or LockCancelled (a ctx that is done, or
@@ -170,6 +177,8 @@ def begin(
         if handle is not None:
             locks.give_back(handle)
         raise
+    if not commit:
+        return Request(locks, handle, kind, deadline, ctx, owner, start, granted=True)
     locks.held[owner] = handle  # as Request.hold(): no call since the try
     if locks.closed:
         raise locks.closed_while_taking(owner, handle)
@@ -198,7 +207,7 @@ class Request:
     """A busy lock's acquisition in progress: the normalized request, and the
     handle it holds on to until hold() or abandon()."""
 
-    __slots__ = ("ctx", "deadline", "handle", "kind", "locks", "owner", "start")
+    __slots__ = ("ctx", "deadline", "granted", "handle", "kind", "locks", "owner", "start")
 
     def __init__(
         self,
@@ -209,6 +218,7 @@ class Request:
         ctx: Context | None,
         owner: object,
         start: float,
+        granted: bool = False,
     ) -> None:
         self.locks = locks
         self.handle = handle
@@ -217,6 +227,7 @@ class Request:
         self.ctx = ctx
         self.owner = owner
         self.start = start  # when the call began, for the errors' waited
+        self.granted = granted  # the handle holds the lock: wait() returns at once
 
     def finish(self) -> None:
         """wait(), then hold: the sync API's end of an acquisition."""
@@ -232,6 +243,8 @@ class Request:
         """Block until the handle holds the lock, the deadline passes, ctx
         (the request's own, or one derived from it) is cancelled or the
         TouchFile is closed. Raises as begin() does."""
+        if self.granted:
+            return
         locks, backend = self.locks, self.locks.backend
         waiter = backend.waiter(self.deadline)
         with locks.mutex:

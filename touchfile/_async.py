@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import _thread
 import asyncio
+import contextlib
 import queue
 import threading
 from typing import TYPE_CHECKING, Callable
@@ -25,7 +26,7 @@ from ._acquire import Request, begin
 from ._context import Context
 
 if TYPE_CHECKING:
-    from ._lock import TouchFile
+    from ._lock import LockBase
 
 IDLE_SECONDS = 10.0
 
@@ -75,43 +76,48 @@ def reset_after_fork() -> None:
 class _State:
     """One wait in a thread; settled by the thread or abandoned by the task."""
 
-    __slots__ = ("abandoned", "error", "finished", "mutex")
+    __slots__ = ("abandoned", "error", "finished", "mutex", "request")
 
     def __init__(self) -> None:
         self.mutex = threading.Lock()
         self.abandoned = False  # the task has gone (cancelled)
         self.finished = False  # the thread's wait has ended ...
         self.error: BaseException | None = None  # ... with this error, or the lock
+        self.request: Request | None = None  # what the thread waited with
 
 
-async def acquire(tf: TouchFile, kind: object, timeout: object, ctx: Context | None) -> None:
-    """TouchFile.acquire_async(): the first try on the loop, a wait in a thread."""
+async def acquire(lk: LockBase, kind: object, timeout: object, ctx: Context | None) -> None:
+    """acquire_async(): the first try on the loop, a wait in a thread. Over a
+    network (PostgreSQL) the try is a round trip too, and goes to the thread."""
     task = asyncio.current_task()
     if task is None:
         raise RuntimeError("acquire_async() must be awaited in an asyncio task")
-    tf._async = True
-    request = begin(tf._locks, kind, timeout, ctx, task)
+    lk._async = True
+    locks = lk._locks
+    if locks.backend.remote:
+        await _in_thread(lambda: begin(locks, kind, timeout, ctx, task, commit=False), ctx)
+        return
+    request = begin(locks, kind, timeout, ctx, task)
     if request is not None:
-        await _wait_in_thread(request)
+        await _in_thread(lambda: request, ctx)
 
 
-async def _wait_in_thread(request: Request) -> None:
-    """request.wait() in a thread, then hold() in the task; raise as it does."""
+async def _in_thread(start: Callable[[], Request | None], ctx: Context | None) -> None:
+    """start() and the request's wait() in a thread, then hold() in the
+    task; raise as they do."""
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
-    stop = Context.with_cancel(parent=request.ctx)  # cancelled with the task
+    stop = Context.with_cancel(parent=ctx)  # cancelled with the task
     state = _State()
-
-    def settle(error: BaseException | None) -> None:  # on the loop
-        if not done.done():
-            if error is None:
-                done.set_result(None)
-            else:
-                done.set_exception(error)
 
     def wait() -> None:  # in a thread
         error: BaseException | None = None
+        request = None
         try:
+            request = start()
+            assert request is not None
+            with state.mutex:
+                state.request = request
             request.wait(stop)
         except BaseException as e:
             error = e
@@ -120,26 +126,60 @@ async def _wait_in_thread(request: Request) -> None:
             abandoned = state.abandoned
         if not abandoned:
             try:
-                loop.call_soon_threadsafe(settle, error)
+                loop.call_soon_threadsafe(_settle, done, error)
                 return
             except RuntimeError:  # the loop is closed: nobody will take the lock
                 pass
-        request.abandon()
+        if request is not None:
+            request.abandon()
 
     _threads.run(wait)
     try:
         await done
+        request = state.request
+        assert request is not None
         request.hold()
     except asyncio.CancelledError:
         with state.mutex:
             state.abandoned = True
-            finished = state.finished
-        if finished:  # granted (or failed) as we were cancelled: give it back
-            request.abandon()
-        else:
+            finished, request = state.finished, state.request
+        if not finished:
             stop.cancel()  # the thread ends its wait, and gives the handle back
+        elif request is not None:  # granted (or failed) as we were cancelled: give it back
+            request.abandon()
         raise
     except BaseException:
-        request.abandon()  # the wait failed (or hold() did not happen): nothing is held
+        if state.request is not None:
+            state.request.abandon()  # the wait failed (or hold() did not happen): nothing is held
         raise
     request.check_closed()
+
+
+async def release(lk: LockBase) -> None:
+    """release() by the current task, its round trip in a thread."""
+    locks = lk._locks
+    handle = locks.held.pop(lk._owner(), None)
+    if handle is None:
+        raise locks.not_held()
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def give_back() -> None:  # in a thread
+        error: BaseException | None = None
+        try:
+            locks.give_back(handle)
+        except BaseException as e:
+            error = e
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
+            loop.call_soon_threadsafe(_settle, done, error)
+
+    _threads.run(give_back)
+    await done
+
+
+def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:  # on the loop
+    if not done.done():
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)

@@ -1,7 +1,8 @@
 """The seam between the one acquisition path and the engines that lock.
 
-A backend owns one lockable resource (a lock file, for flock()) and the
-handles through which it is locked: each handle can hold one lock at a time.
+A backend owns one lockable resource (a lock file for flock(), a key for
+PostgreSQL's advisory locks) and the handles through which it is locked:
+each handle can hold one lock at a time.
 The acquisition path (_acquire.py) knows nothing of how: it asks a backend
 for a handle, tries once, waits, and turns the outcome into an exception.
 
@@ -11,10 +12,9 @@ or with the reason its waiter was given (DEADLINE, CANCELLED, CLOSED).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
-    from ._holders import LockHolder
     from ._kinds import LockType
     from ._native import Outcome
 
@@ -40,7 +40,10 @@ W = TypeVar("W", bound=Waiter)
 class Backend(Protocol[H, W]):
     """One lockable resource, and the steps of taking and giving back its lock."""
 
-    name: str  # what is locked, as errors name it (a path)
+    name: str  # what is locked, as errors name it (a path, a postgresql:// URL)
+    # True when each step is a round trip over a network (PostgreSQL):
+    # asyncio then takes every step in a thread, never on the event loop.
+    remote: bool
 
     @property
     def native(self) -> bool:
@@ -76,8 +79,9 @@ class Backend(Protocol[H, W]):
         through it (after fork(), say)."""
         ...
 
-    def holders(self) -> list[LockHolder]:
-        """The processes holding a lock on the resource now."""
+    def holders(self) -> list[Any]:
+        """Who holds a lock on the resource now (a NamedTuple per holder,
+        with at least pid, kind and command)."""
         ...
 
     def discard(self) -> None:

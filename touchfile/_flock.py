@@ -161,6 +161,8 @@ class FlockPolling:
 
     __slots__ = ("_bpath", "_mode", "_temporary", "_try", "name")
 
+    remote = False
+
     @property
     def native(self) -> bool:
         return False

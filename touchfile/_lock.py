@@ -1,6 +1,7 @@
 """TouchFile: shared and exclusive locks on a lock file, with deadlines and
-cancellation. The public face: what each call means lives here; how a lock
-is taken lives in _acquire.py, and how a lock file is locked in _flock.py.
+cancellation. The public face: what each call means lives here (LockBase,
+which PostgresLock shares); how a lock is taken lives in _acquire.py, and
+how a lock file is locked in _flock.py.
 """
 
 from __future__ import annotations
@@ -10,10 +11,11 @@ import os
 import threading
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import _flock
 from ._acquire import Locks, begin
+from ._backend import Backend
 from ._context import Context
 from ._errors import LockError
 from ._kinds import EXCLUSIVE, SHARED, LockType, parse_kind
@@ -22,50 +24,35 @@ if TYPE_CHECKING:
     from ._holders import LockHolder
 
 T = TypeVar("T")
+L = TypeVar("L", bound="LockBase")
 
 _get_ident = threading.get_ident
 
 
-class TouchFile:
-    """A lock file offering shared and exclusive locks with deadlines and cancellation.
+class LockBase:
+    """The lock API over one backend: TouchFile's, and PostgresLock's.
 
-    ``TouchFile(path)`` opens (creating if missing, never truncating) the lock
-    file at path; ``TouchFile()`` makes a fresh temporary one that close()
-    removes. Locks are owned by the thread (or asyncio task) that takes them.
+    Locks are owned by the thread (or asyncio task) that takes them.
     """
 
-    __slots__ = ("__weakref__", "_async", "_locks", "path")
+    __slots__ = ("__weakref__", "_async", "_locks")
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, *, mode: int = 0o644) -> None:
-        """Raises TypeError (a bad path or mode), FileNotFoundError (an empty
-        path, a missing directory), PermissionError (see the README's
-        Security), other OSErrors from opening the file, and ValueError or
-        RuntimeError for a bad TOUCHFILE_NATIVE or TOUCHFILE_SIGNAL."""
-        if isinstance(mode, bool) or not isinstance(mode, int):
-            raise TypeError(f"mode must be an int such as 0o644, not {mode!r}")
-        if path is not None:
-            path = os.fsdecode(path)
-            if not path:  # os.path.abspath("") would be the current directory
-                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
-        backend = _flock.choose(path, mode)
-        self.path: str = backend.name
+    _locks: Locks
+
+    def _start(self, backend: Backend[Any, Any]) -> None:
         # True once a task has taken a lock here: owners may be tasks.
         self._async = False
         try:
-            self._locks = Locks(backend)  # opens (creates) the lock file
+            self._locks = Locks(backend)  # opens the resource (creates the lock file)
         except BaseException:
             backend.discard()  # TouchFile()'s file, made through a planted TMPDIR, say
             raise
 
-    def __repr__(self) -> str:
-        locks = self._locks
-        state = "closed" if locks.closed else f"held by {len(locks.held)} thread(s)"
-        return f"<TouchFile {self.path!r} {state}>"
-
     @property
     def native(self) -> bool:
-        """True when this object's waits block in the kernel and are ended by
-        the native interrupt; False when they poll (see the README)."""
+        """True when this object's waits block where the lock is kept (the
+        kernel, the server) and end at once on a deadline or cancel; False
+        when they poll (see the README)."""
         return self._locks.backend.native
 
     # ---- acquire / release -------------------------------------------------
@@ -101,23 +88,6 @@ class TouchFile:
         if locks.closed:  # close() may have drained the pool before our append
             locks.close_idle()
 
-    def holders(self) -> list[LockHolder]:
-        """The processes holding a lock on this file right now (Linux only).
-
-        Each is a LockHolder(pid, kind, command); see the README for how
-        they are found. Raises NotImplementedError where /proc/locks is
-        missing, and OSError if the file cannot be stat()ed.
-        """
-        return self._locks.backend.holders()
-
-    def _fileno(self) -> int:
-        """The descriptor through which this thread holds its lock."""
-        handle = self._locks.held.get(self._owner())
-        if handle is None:
-            raise LockError(f"this thread holds no lock on {self.path}", self.path)
-        fd: int = handle.fd
-        return fd
-
     def locked(self) -> bool:
         """True when the calling thread (or asyncio task) holds a lock through this object."""
         return self._owner() in self._locks.held
@@ -137,20 +107,22 @@ class TouchFile:
     # ---- conveniences ------------------------------------------------------
 
     def lock(
-        self,
+        self: L,
         kind: LockType | str = EXCLUSIVE,
         timeout: float | None = None,
         ctx: Context | None = None,
-    ) -> _Guard:
+    ) -> _Guard[L]:
         """``with tf.lock(SHARED, timeout=5): ...`` holds the lock inside the block."""
         parse_kind(kind)
         return _Guard(self, kind, timeout, ctx)
 
-    def shared_lock(self, timeout: float | None = None, ctx: Context | None = None) -> _Guard:
+    def shared_lock(self: L, timeout: float | None = None, ctx: Context | None = None) -> _Guard[L]:
         """``with tf.shared_lock(timeout=5): ...``"""
         return _Guard(self, SHARED, timeout, ctx)
 
-    def exclusive_lock(self, timeout: float | None = None, ctx: Context | None = None) -> _Guard:
+    def exclusive_lock(
+        self: L, timeout: float | None = None, ctx: Context | None = None
+    ) -> _Guard[L]:
         """``with tf.exclusive_lock(timeout=5): ...``"""
         return _Guard(self, EXCLUSIVE, timeout, ctx)
 
@@ -191,12 +163,12 @@ class TouchFile:
         await acquire(self, kind, timeout, ctx)
 
     def lock_async(
-        self,
+        self: L,
         kind: LockType | str = EXCLUSIVE,
         *,
         timeout: float | None = None,
         ctx: Context | None = None,
-    ) -> _AsyncGuard:
+    ) -> _AsyncGuard[L]:
         """``async with tf.lock_async(SHARED, timeout=5): ...``"""
         parse_kind(kind)
         return _AsyncGuard(self, kind, timeout, ctx)
@@ -216,12 +188,22 @@ class TouchFile:
         try:
             return await fn()
         finally:
+            await self._release_async()
+
+    async def _release_async(self) -> None:
+        """release(), off the event loop where it is a round trip to a server."""
+        if self._locks.backend.remote:
+            from ._async import release
+
+            await release(self)
+        else:
             self.release()
 
     # ---- closing -----------------------------------------------------------
 
     def close(self) -> None:
-        """Release every lock held through this object and close its descriptors.
+        """Release every lock held through this object and close its
+        descriptors (a PostgresLock's connections).
 
         Waits on this object in other threads end at once with LockError; a
         thread whose lock close() released gets LockError from release().
@@ -233,7 +215,7 @@ class TouchFile:
     def closed(self) -> bool:
         return self._locks.closed
 
-    def __enter__(self) -> TouchFile:
+    def __enter__(self: L) -> L:
         return self
 
     def __exit__(
@@ -245,17 +227,65 @@ class TouchFile:
         self.close()
 
 
-class _Guard:
+class TouchFile(LockBase):
+    """A lock file offering shared and exclusive locks with deadlines and cancellation.
+
+    ``TouchFile(path)`` opens (creating if missing, never truncating) the lock
+    file at path; ``TouchFile()`` makes a fresh temporary one that close()
+    removes. Locks are owned by the thread (or asyncio task) that takes them.
+    """
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, *, mode: int = 0o644) -> None:
+        """Raises TypeError (a bad path or mode), FileNotFoundError (an empty
+        path, a missing directory), PermissionError (see the README's
+        Security), other OSErrors from opening the file, and ValueError or
+        RuntimeError for a bad TOUCHFILE_NATIVE or TOUCHFILE_SIGNAL."""
+        if isinstance(mode, bool) or not isinstance(mode, int):
+            raise TypeError(f"mode must be an int such as 0o644, not {mode!r}")
+        if path is not None:
+            path = os.fsdecode(path)
+            if not path:  # os.path.abspath("") would be the current directory
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+        backend = _flock.choose(path, mode)
+        self.path: str = backend.name
+        self._start(backend)
+
+    def __repr__(self) -> str:
+        locks = self._locks
+        state = "closed" if locks.closed else f"held by {len(locks.held)} thread(s)"
+        return f"<TouchFile {self.path!r} {state}>"
+
+    def holders(self) -> list[LockHolder]:
+        """The processes holding a lock on this file right now (Linux only).
+
+        Each is a LockHolder(pid, kind, command); see the README for how
+        they are found. Raises NotImplementedError where /proc/locks is
+        missing, and OSError if the file cannot be stat()ed.
+        """
+        return self._locks.backend.holders()
+
+    def _fileno(self) -> int:
+        """The descriptor through which this thread holds its lock."""
+        handle = self._locks.held.get(self._owner())
+        if handle is None:
+            raise LockError(f"this thread holds no lock on {self.path}", self.path)
+        fd: int = handle.fd
+        return fd
+
+
+class _Guard(Generic[L]):
     """What tf.lock() returns: acquires on enter, releases on exit."""
 
     __slots__ = ("_ctx", "_kind", "_tf", "_timeout")
 
     def __init__(
-        self, tf: TouchFile, kind: LockType | str, timeout: float | None, ctx: Context | None
+        self, tf: L, kind: LockType | str, timeout: float | None, ctx: Context | None
     ) -> None:
         self._tf, self._kind, self._timeout, self._ctx = tf, kind, timeout, ctx
 
-    def __enter__(self) -> TouchFile:
+    def __enter__(self) -> L:
         self._tf.acquire(self._kind, self._timeout, self._ctx)
         return self._tf
 
@@ -268,12 +298,12 @@ class _Guard:
         self._tf.release()
 
 
-class _AsyncGuard(_Guard):
+class _AsyncGuard(_Guard[L]):
     """What tf.lock_async() returns: acquires on enter, releases on exit."""
 
     __slots__ = ()
 
-    async def __aenter__(self) -> TouchFile:
+    async def __aenter__(self) -> L:
         await self._tf.acquire_async(self._kind, timeout=self._timeout, ctx=self._ctx)
         return self._tf
 
@@ -283,4 +313,4 @@ class _AsyncGuard(_Guard):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._tf.release()
+        await self._tf._release_async()
