@@ -1,0 +1,504 @@
+"""PostgreSQL advisory locks: the backend for locks shared by many machines.
+
+A handle is one connection, that is one server session. Advisory locks
+belong to sessions and are re-entrant within one, so a handle serves one
+owner at a time (the acquisition path's pool, Locks.idle, sees to it): two
+threads never share a session while either holds or waits, and exclude each
+other as two processes do. A session's locks end with it, as a process's
+flock() locks end with it.
+
+Every statement goes through libpq's non-blocking interface (psycopg.pq) and
+this module's own poll(), so a wait blocks on two descriptors, the
+connection's socket and its waiter's pipe, and wakes for nothing else. The
+deadline is the server's lock_timeout, set from the remaining time in the
+very statement that waits. A cancel writes to the waiter's pipe; the waiting
+thread then sends the server a cancel request, so neither ctx.cancel()'s
+caller nor an event loop ever waits on the network. A cancel request that
+reaches the server between statements is ignored there, so it is sent again
+every RESEND seconds until the wait ends; after GRACE seconds with no
+answer, the connection is closed, which ends the session and its locks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import select
+import socket
+import sys
+import threading
+import time
+from typing import NamedTuple
+from urllib.parse import quote
+
+import psycopg
+from psycopg import pq
+
+from ._errors import LockError
+from ._kinds import EXCLUSIVE, SHARED, LockType
+from ._native import Outcome
+
+RESEND = 0.1
+GRACE = 2.0
+
+_monotonic = time.monotonic
+
+_INT8, _TEXT, _OID = 20, 25, 26
+_TRY = {
+    EXCLUSIVE: b"SELECT pg_try_advisory_lock($1)",
+    SHARED: b"SELECT pg_try_advisory_lock_shared($1)",
+}
+# set_config() comes first in the target list, so lock_timeout is in force
+# when pg_advisory_lock() starts to wait.
+_WAIT = {
+    EXCLUSIVE: b"SELECT set_config('lock_timeout', $2, false), pg_advisory_lock($1)",
+    SHARED: b"SELECT set_config('lock_timeout', $2, false), pg_advisory_lock_shared($1)",
+}
+_RELEASE = b"SELECT pg_advisory_unlock_all()"
+# A role's or database's settings must not end our statements or sessions:
+# statement_timeout would end a wait as if it were cancelled, and
+# idle_session_timeout would end a session that holds a lock.
+_SETUP = (
+    "SELECT set_config('statement_timeout', '0', false),"
+    " set_config('idle_in_transaction_session_timeout', '0', false)"
+)
+_SETUP_14 = ", set_config('idle_session_timeout', '0', false)"  # PostgreSQL 14 and later
+_HASH = ", hashtextextended($1, 0)"
+_HOLDERS = b"""
+SELECT l.pid, l.mode, a.client_addr, a.client_port, a.application_name
+FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+  AND l.classid = $1 AND l.objid = $2
+  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+ORDER BY l.pid
+"""
+
+_QUERY_CANCELED = b"57014"
+_LOCK_NOT_AVAILABLE = b"55P03"
+_INT64 = range(-(2**63), 2**63)
+
+
+class PostgresHolder(NamedTuple):
+    """A session holding a PostgreSQL lock: its server process id (as in
+    pg_stat_activity, for pg_terminate_backend()), the kind of lock, the
+    client's address ("local" for a Unix socket; None where the server hides
+    it from this role) and its application_name."""
+
+    pid: int
+    kind: LockType
+    client: str | None
+    application: str | None
+
+    @property
+    def command(self) -> str:
+        """Who it is, in one line (the command's --holders table shows this)."""
+        return f"{self.application or '?'} from {self.client or '?'}"
+
+
+class PgHandle:
+    """One connection (one server session), and the process that opened it."""
+
+    __slots__ = ("__weakref__", "closed", "conn", "pgconn", "pid", "sock")
+
+    def __init__(self) -> None:
+        self.conn: psycopg.Connection[tuple[object, ...]] | None = None
+        self.closed = True  # a plain attribute: read on every release
+        self.sock = -1
+        self.pid = 0
+
+    def attach(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
+        self.conn, self.pgconn = conn, conn.pgconn
+        self.sock, self.pid, self.closed = conn.pgconn.socket, os.getpid(), False
+
+    def close(self) -> None:
+        """End the session (and with it every lock it holds)."""
+        conn, self.conn = self.conn, None
+        self.closed = True
+        if conn is None:
+            return
+        if self.pid != os.getpid():
+            # A copy in a forked child: the session is the parent's. libpq
+            # would tell the server to end it, so it gets /dev/null to talk to.
+            null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            try:
+                os.dup2(null, self.sock, inheritable=False)
+            finally:
+                os.close(null)
+        conn.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter exit, say
+            self.close()
+
+
+class PgWaiter:
+    """One wait, until deadline (time.monotonic(); math.inf for none) or cancel()."""
+
+    __slots__ = ("deadline", "mutex", "reason", "wake")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.reason: Outcome | None = None  # why the wait must end, once it must
+        self.mutex = threading.Lock()
+        self.wake = -1  # the pipe's write end while the wait blocks
+
+    def cancel(self, reason: Outcome) -> None:
+        with self.mutex:
+            if self.reason is not None:
+                return
+            self.reason = reason
+            if self.wake >= 0:  # under the mutex: the wait closes it under it too
+                with contextlib.suppress(BlockingIOError):  # full: one is enough
+                    os.write(self.wake, b"\0")
+
+
+class PostgresBackend:
+    """Advisory locks on one 64-bit key, in the database the DSN names."""
+
+    native = True  # the server blocks the waiter, as the kernel does
+    remote = True  # every step is a round trip: asyncio runs them in a thread
+
+    def __init__(self, lock: str | int, dsn: str | None) -> None:
+        if isinstance(lock, bool) or not isinstance(lock, (str, int)):
+            raise TypeError(f"a lock name must be a str or an int key, not {lock!r}")
+        if isinstance(lock, int) and lock not in _INT64:
+            raise ValueError(f"an int key must fit in 64 signed bits, not {lock}")
+        if isinstance(lock, str) and (not lock or "\0" in lock):
+            raise ValueError(f"a lock name must be a non-empty str without NUL, not {lock!r}")
+        if dsn is not None and not isinstance(dsn, str):
+            raise TypeError(f"dsn must be a str or None, not {dsn!r}")
+        self.lock = lock
+        self.key = lock if isinstance(lock, int) else None  # hashed by the server on connect
+        self._dsn = dsn or ""
+        try:
+            given = psycopg.conninfo.conninfo_to_dict(self._dsn)
+        except psycopg.ProgrammingError as error:
+            raise ValueError(f"bad PostgreSQL DSN: {_first_line(error)}") from None
+        # What libpq will use: the DSN, then PG* environment variables.
+        self._params = {o.keyword.decode(): o.val.decode() for o in _defaults() if o.val}
+        self._params.update({k: str(v) for k, v in given.items() if v is not None})
+        self._own_name = "application_name" not in self._params
+        self.name = _url(self._params, lock)
+        self._named = False  # True once name says where libpq connected
+        self._info: PgHandle | None = None  # holders()' own connection
+        self._info_mutex = threading.Lock()
+
+    # ---- handles ------------------------------------------------------------
+
+    def open(self) -> PgHandle:
+        handle = PgHandle()
+        self._connect(handle)
+        return handle
+
+    def _connect(self, handle: PgHandle) -> None:
+        """Connect handle (again): a new session, set up for locking."""
+        handle.close()
+        extra: dict[str, str] = {}
+        if self._own_name:
+            extra["application_name"] = _application_name()
+        if "connect_timeout" not in self._params:
+            extra["connect_timeout"] = "10"  # libpq's default is to wait for ever
+        try:
+            conninfo = psycopg.conninfo.make_conninfo(self._dsn, **extra)
+            conn = psycopg.connect(conninfo, autocommit=True)
+        except psycopg.Error as error:
+            raise _unreachable(error, self._params) from None
+        handle.attach(conn)
+        try:
+            setup = _SETUP + (_SETUP_14 if conn.pgconn.server_version >= 140000 else "")
+            if self.key is None:
+                assert isinstance(self.lock, str)
+                row = self._query(handle, (setup + _HASH).encode(), [self.lock.encode()], [_TEXT])
+                self.key = int(row[-1] or b"")
+            else:
+                self._query(handle, setup.encode(), [], [])
+        except BaseException:
+            handle.close()
+            raise
+        if not self._named:  # where libpq went, now that it is known
+            info = conn.info
+            actual = {"host": info.host, "port": str(info.port), "user": info.user}
+            self.name = _url({**actual, "dbname": info.dbname}, self.lock)
+            self._named = True
+
+    def try_lock(self, handle: PgHandle, kind: LockType) -> bool:
+        key = self._key()
+        try:
+            row = self._query(handle, _TRY[kind], [key], [_INT8])
+        except ConnectionError:
+            # An idle pooled connection that the server ended (a restart, an
+            # idle timeout): once more, on a new one.
+            self._connect(handle)
+            row = self._query(handle, _TRY[kind], [key], [_INT8])
+        return row[0] == b"t"
+
+    def waiter(self, deadline: float) -> PgWaiter:
+        return PgWaiter(deadline)
+
+    def wait(self, handle: PgHandle, kind: LockType, waiter: PgWaiter) -> Outcome:
+        remaining = waiter.deadline - _monotonic()
+        if remaining <= 0:
+            return Outcome.DEADLINE
+        # lock_timeout is in whole milliseconds, and 0 turns it off.
+        ms = 0 if remaining == math.inf else max(1, math.ceil(remaining * 1000))
+        wake, poke = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        try:
+            with waiter.mutex:
+                if waiter.reason is not None:
+                    return waiter.reason
+                waiter.wake = poke
+            try:
+                self._send(handle, _WAIT[kind], [self._key(), b"%d" % ms], [_INT8, _TEXT])
+                answered = self._answer(handle, waiter, wake)
+                if answered:
+                    self._result(handle)
+            except _Refused as refused:
+                if refused.state == _LOCK_NOT_AVAILABLE:
+                    return Outcome.DEADLINE
+                if refused.state == _QUERY_CANCELED and waiter.reason is not None:
+                    return waiter.reason
+                raise self._error(refused) from None
+            except BaseException:
+                if not handle.closed:  # KeyboardInterrupt, say: end the wait, then the session
+                    self._cancel(handle, 0.5)
+                    handle.close()
+                raise
+        finally:
+            with waiter.mutex:
+                waiter.wake = -1
+            os.close(wake)
+            os.close(poke)
+        if not answered:  # no answer GRACE seconds on: the session is closed
+            return waiter.reason or Outcome.DEADLINE
+        return Outcome.OK
+
+    def release(self, handle: PgHandle) -> None:
+        if handle.closed:
+            return
+        # If the session has ended, so have its locks (and handle is closed).
+        with contextlib.suppress(ConnectionError):
+            self._query(handle, _RELEASE, [], [])
+
+    def close(self, handle: PgHandle) -> None:
+        handle.close()
+
+    def holders(self) -> list[PostgresHolder]:
+        key = self._key()
+        unsigned = int(key) & 0xFFFF_FFFF_FFFF_FFFF
+        # pg_locks shows a bigint key as two oids, its high and low halves.
+        params = [str(unsigned >> 32).encode(), str(unsigned & 0xFFFF_FFFF).encode()]
+        with self._info_mutex:
+            info = self._info
+            if info is None or info.closed or info.pid != os.getpid():
+                if info is not None:
+                    info.close()
+                info = self._info = self.open()
+            try:
+                rows = self._rows(info, _HOLDERS, params, [_OID, _OID])
+            except ConnectionError:
+                self._connect(info)
+                rows = self._rows(info, _HOLDERS, params, [_OID, _OID])
+        found = []
+        for pid, mode, addr, port, application in rows:
+            kind = EXCLUSIVE if mode == b"ExclusiveLock" else SHARED
+            if port == b"-1":
+                client: str | None = "local"
+            elif addr is not None:
+                client = f"{addr.decode()}:{(port or b'?').decode()}"
+            else:
+                client = None
+            app = application.decode(errors="replace") if application is not None else None
+            found.append(PostgresHolder(int(pid or b"0"), kind, client, app))
+        return found
+
+    def discard(self) -> None:
+        with self._info_mutex:
+            if self._info is not None:
+                self._info.close()
+                self._info = None
+
+    # ---- statements ---------------------------------------------------------
+
+    def _key(self) -> bytes:
+        return str(self.key).encode()
+
+    def _query(
+        self, handle: PgHandle, sql: bytes, params: list[bytes], types: list[int]
+    ) -> list[bytes | None]:
+        """Run sql and return its one row. Raises ConnectionError (and closes
+        handle) when the connection is lost, LockError for a server error."""
+        rows = self._rows(handle, sql, params, types)
+        return rows[0] if rows else []
+
+    def _rows(
+        self, handle: PgHandle, sql: bytes, params: list[bytes], types: list[int]
+    ) -> list[list[bytes | None]]:
+        try:
+            self._send(handle, sql, params, types)
+            self._answer(handle, None, -1)
+            result = self._result(handle)
+        except _Refused as refused:
+            raise self._error(refused) from None
+        except BaseException:
+            handle.close()  # mid-statement (KeyboardInterrupt, say): unusable
+            raise
+        return [
+            [result.get_value(row, col) for col in range(result.nfields)]
+            for row in range(result.ntuples)
+        ]
+
+    def _send(self, handle: PgHandle, sql: bytes, params: list[bytes], types: list[int]) -> None:
+        pgconn = handle.pgconn
+        try:
+            pgconn.send_query_params(sql, list(params), list(types))
+            while pgconn.flush():
+                select.select([handle.sock], [handle.sock], [])
+                pgconn.consume_input()
+        except psycopg.OperationalError as error:
+            raise self._lost(handle, error) from None
+
+    def _answer(self, handle: PgHandle, waiter: PgWaiter | None, wake: int) -> bool:
+        """Block until the server has answered (True), or, for a wait, until
+        the server did not answer GRACE seconds after its deadline or a
+        cancel (False: then handle is closed)."""
+        pgconn = handle.pgconn
+        poller = select.poll()
+        poller.register(handle.sock, select.POLLIN)
+        if waiter is not None:
+            poller.register(wake, select.POLLIN)
+        give_up = resend = math.inf
+        try:
+            pgconn.consume_input()
+            while pgconn.is_busy():
+                until = math.inf
+                if waiter is not None:
+                    now = _monotonic()
+                    if waiter.reason is not None and give_up == math.inf:
+                        give_up = resend = now
+                    if resend <= now:
+                        self._cancel(handle, GRACE)
+                        resend = _monotonic() + RESEND
+                    if give_up != math.inf and give_up + GRACE <= now:
+                        handle.close()
+                        return False
+                    # The server's lock_timeout ends the wait at its deadline;
+                    # if it has not answered GRACE later, cancel it ourselves.
+                    until = min(resend, give_up + GRACE, waiter.deadline + GRACE)
+                ms = None if until == math.inf else max(0, math.ceil((until - _monotonic()) * 1e3))
+                events = poller.poll(ms)
+                if waiter is not None:
+                    if any(fd == wake for fd, _ in events):
+                        os.read(wake, 64)
+                    elif not events and waiter.deadline + GRACE <= _monotonic():
+                        waiter.cancel(Outcome.DEADLINE)
+                pgconn.consume_input()
+        except psycopg.OperationalError as error:
+            raise self._lost(handle, error) from None
+        return True
+
+    def _result(self, handle: PgHandle) -> pq.abc.PGresult:
+        """The answer to the statement sent. Raises _Refused for an error,
+        ConnectionError if the server ended the session."""
+        pgconn = handle.pgconn
+        answer = error = None
+        while True:
+            result = pgconn.get_result()
+            if result is None:
+                break
+            if result.status == pq.ExecStatus.FATAL_ERROR:
+                error = error or result
+            elif answer is None:
+                answer = result
+        if error is not None:
+            if pgconn.status == pq.ConnStatus.BAD:
+                raise self._lost(handle, error.error_message)
+            state = error.error_field(pq.DiagnosticField.SQLSTATE) or b""
+            raise _Refused(state, _message(error.error_message))
+        if answer is None:
+            raise self._lost(handle, "no answer to a statement")
+        return answer
+
+    def _error(self, refused: _Refused) -> LockError:
+        return LockError(f"{self.name}: {refused.message}", self.name)
+
+    def _cancel(self, handle: PgHandle, timeout: float) -> None:
+        """Ask the server to end handle's statement (no matter if it cannot)."""
+        if handle.conn is not None:
+            with contextlib.suppress(psycopg.Error):
+                handle.conn.cancel_safe(timeout=timeout)
+
+    def _lost(self, handle: PgHandle, error: object) -> ConnectionError:
+        handle.close()
+        return ConnectionError(
+            f"lost the connection to PostgreSQL ({_where(self._params)}): {_message(error)}"
+        )
+
+
+class _Refused(Exception):
+    """The server answered a statement with an error (its SQLSTATE, and message)."""
+
+    def __init__(self, state: bytes, message: str) -> None:
+        super().__init__(state, message)
+        self.state, self.message = state, message
+
+
+# ---- connecting, and saying where -------------------------------------------
+
+
+def _defaults() -> list[pq.ConninfoOption]:
+    return list(pq.Conninfo.get_defaults())
+
+
+def _url(params: dict[str, str], lock: str | int) -> str:
+    """The lock as the command names it: postgresql://user@host:port/db#name."""
+    host = params.get("host", "").split(",")[0]
+    where = quote(host, safe="") if host.startswith("/") else host
+    user = quote(params.get("user", ""), safe="")
+    port = params.get("port", "").split(",")[0]
+    url = f"postgresql://{user}{'@' if user else ''}{where}{':' if port else ''}{port}"
+    url += f"/{quote(params.get('dbname', ''), safe='')}"
+    return f"{url}#{quote(lock, safe='')}" if isinstance(lock, str) else f"{url} key {lock}"
+
+
+def _where(params: dict[str, str]) -> str:
+    host = params.get("host") or params.get("hostaddr") or "the default socket"
+    port = params.get("port")
+    db = params.get("dbname") or params.get("user") or "?"
+    return f"host {host}{f' port {port}' if port else ''}, database {db}"
+
+
+def _message(error: object) -> str:
+    """A libpq error as one line, without the levels and hints around it."""
+    if isinstance(error, bytes):
+        error = error.decode(errors="replace")
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else "unknown error"
+    line = re.sub(r"^(connection (failed|is bad): )?(connection to server .*? failed: )?", "", line)
+    return re.sub(r"^(FATAL|ERROR):\s+", "", line).strip()
+
+
+def _first_line(error: object) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else "unknown error"
+
+
+def _unreachable(error: psycopg.Error, params: dict[str, str]) -> OSError:
+    """The one line for a connection that could not be made."""
+    reason = _message(error)
+    message = f"cannot connect to PostgreSQL ({_where(params)}): {reason}"
+    if "authentication failed" in reason or "no pg_hba.conf entry" in reason:
+        return PermissionError(message)
+    return ConnectionError(message)
+
+
+def _application_name() -> str:
+    """What pg_stat_activity shows for our sessions: the program, its pid and
+    host, within the server's 63 bytes."""
+    program = os.path.basename(sys.argv[0]) if sys.argv else ""
+    if program in ("", "-", "-c"):
+        program = "python"
+    tail = f" pid {os.getpid()} on {socket.gethostname()}"
+    room = max(0, 63 - len(tail.encode()))
+    return program.encode()[:room].decode(errors="ignore") + tail
