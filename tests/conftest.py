@@ -1,12 +1,15 @@
-"""Fixtures: both wait modes, and holders that are always reaped."""
+"""Fixtures: both wait modes, holders that are always reaped, a PostgreSQL server."""
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from helpers import Holder
+from pgserver import External, Server, find_bin_dir
 
 import touchfile._native
 
@@ -45,6 +48,39 @@ def mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str
 @pytest.fixture
 def lock_path(tmp_path: Path) -> str:
     return str(tmp_path / "test.lock")
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Server | External]:
+    """The session's PostgreSQL server: TOUCHFILE_TEST_DSN's if set, else a
+    throwaway one (under /tmp, not pytest's 0700 directories, which the
+    postgres user could not enter when we are root).
+
+    Without PostgreSQL installed, a test that needs it fails in CI (CI set),
+    and is skipped elsewhere.
+    """
+    dsn = os.environ.get("TOUCHFILE_TEST_DSN")
+    if dsn:
+        yield External(dsn)
+        return
+    if find_bin_dir() is None:
+        if os.environ.get("CI"):
+            pytest.fail("PostgreSQL server not installed (apt-get install postgresql)")
+        pytest.skip("PostgreSQL server not installed (apt-get install postgresql)")
+    base_dir = tempfile.mkdtemp(prefix="touchfile-pg-")
+    os.chmod(base_dir, 0o755)
+    server = Server.start(base_dir)
+    try:
+        yield server
+    finally:
+        server.stop()
+        os.rmdir(base_dir)
+
+
+@pytest.fixture
+def pg_dsn(pg_server: Server | External) -> str:
+    """The libpq DSN of the session's PostgreSQL server (over its Unix socket)."""
+    return pg_server.dsn
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

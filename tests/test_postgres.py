@@ -1,0 +1,481 @@
+"""PostgresLock against a real server: exclusion between threads and processes,
+shared and exclusive, deadlines and cancels (threads and asyncio), a holder
+killed, psql on the same key, pool hygiene, bad DSNs, and holders()."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from helpers import Holder, hold, run_program, wait_until
+from pgserver import External, Server
+
+from touchfile import SHARED, Context, LockCancelled, LockError, LockTimeout
+from touchfile.postgres import PostgresHolder, PostgresLock
+
+Pg = Server | External
+
+
+@pytest.fixture
+def name() -> str:
+    """A lock name no other test uses."""
+    return f"test-{uuid.uuid4()}"
+
+
+@pytest.fixture
+def locks(pg_dsn: str, name: str) -> Iterator[list[PostgresLock]]:
+    """Two PostgresLocks on name (more with make()), always closed."""
+    made = [PostgresLock(name, pg_dsn), PostgresLock(name, pg_dsn)]
+    yield made
+    for lk in made:
+        lk.close()
+
+
+def ours(pg: Pg) -> list[tuple[int, str]]:
+    """This process's sessions on the server: (pid, state)."""
+    out = pg.psql(
+        "SELECT pid, state FROM pg_stat_activity "
+        f"WHERE application_name LIKE '% pid {os.getpid()} on %' ORDER BY pid"
+    )
+    return [(int(p), s) for p, s in (line.split("|") for line in out.splitlines() if line)]
+
+
+def advisory_locks(pg: Pg, pids: list[int]) -> int:
+    """How many advisory locks (granted or awaited) the sessions pids have."""
+    if not pids:
+        return 0
+    listed = ",".join(map(str, pids))
+    sql = f"SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid IN ({listed})"
+    return int(pg.psql(sql))
+
+
+def key_sql(name: str) -> str:
+    return f"hashtextextended('{name}', 0)"
+
+
+# ---- exclusion ------------------------------------------------------------------
+
+
+def test_threads_exclude_each_other_through_one_object(pg_dsn: str, name: str) -> None:
+    """Two threads on one PostgresLock: each its own session, so the second waits."""
+    with PostgresLock(name, pg_dsn) as lk:
+        lk.acquire()
+        got: list[float] = []
+
+        def other() -> None:
+            start = time.monotonic()
+            lk.acquire(timeout=10)
+            got.append(time.monotonic() - start)
+            lk.release()
+
+        thread = threading.Thread(target=other)
+        thread.start()
+        time.sleep(0.3)
+        assert not got  # still waiting
+        lk.release()
+        thread.join(10)
+        assert got and got[0] >= 0.25
+
+
+def test_processes_exclude_each_other_both_ways(
+    pg_server: Pg, pg_dsn: str, name: str, holders: list[Holder]
+) -> None:
+    """A holder in another process keeps us out; then we keep it out."""
+    url = pg_server.url(name)
+    holder = hold(holders, url, tool="postgres")
+    with PostgresLock(name, pg_dsn) as lk:
+        with pytest.raises(LockTimeout):
+            lk.acquire(timeout=0.2)
+        released = holder.release()
+        lk.acquire(timeout=5)
+        assert time.monotonic() - released < 5
+        proc = subprocess.run(
+            [sys.executable, "-c", PROBE, url], capture_output=True, text=True, timeout=30
+        )
+        assert proc.stdout.strip() == "busy", proc.stderr
+        lk.release()
+
+
+PROBE = """
+import sys
+from touchfile import LockTimeout
+from touchfile.postgres import PostgresLock
+dsn, _, name = sys.argv[1].partition("#")
+with PostgresLock(name, dsn) as lk:
+    try:
+        lk.acquire(timeout=0.2)
+        print("free")
+    except LockTimeout:
+        print("busy")
+"""
+
+
+def test_shared_holders_together_exclusive_alone(locks: list[PostgresLock]) -> None:
+    """Shared locks are held together; an exclusive one waits for all of them,
+    and a shared one waits for an exclusive holder."""
+    a, b = locks
+    a.acquire(SHARED)
+    b.acquire(SHARED, timeout=1)  # both at once
+    b.release()
+    with pytest.raises(LockTimeout):
+        b.acquire(timeout=0.2)  # exclusive beside a shared holder
+    a.release()
+    b.acquire(timeout=1)
+    with pytest.raises(LockTimeout):
+        a.acquire(SHARED, timeout=0.2)
+    b.release()
+
+
+def test_int_key_is_the_key_itself(pg_server: Pg, pg_dsn: str) -> None:
+    """An int is used as the key: psql's pg_advisory_lock(KEY) is the same lock."""
+    key = int.from_bytes(os.urandom(7), "big") * -1
+    with PostgresLock(key, pg_dsn) as lk:
+        assert lk.key == key
+        lk.acquire()
+        assert pg_server.psql(f"SELECT pg_try_advisory_lock({key})") == "f"
+        lk.release()
+        assert pg_server.psql(f"SELECT pg_try_advisory_lock({key})") == "t"
+
+
+def test_name_is_hashed_as_sql_does(pg_server: Pg, pg_dsn: str, name: str) -> None:
+    """A name's key is hashtextextended(name, 0), so a psql script can take it."""
+    with PostgresLock(name, pg_dsn) as lk:
+        assert lk.key == int(pg_server.psql(f"SELECT {key_sql(name)}"))
+        assert lk.url.endswith(f"#{name}") and lk.url.startswith("postgresql://postgres@")
+
+
+def test_psql_session_and_postgreslock_exclude_each_other(
+    pg_server: Pg, pg_dsn: str, name: str
+) -> None:
+    """A psql session holding pg_advisory_lock() on the name's key keeps us out
+    until it ends; then we hold it, and psql's try fails."""
+    script = f"SELECT pg_advisory_lock({key_sql(name)}); SELECT pg_sleep(0.6);"
+    args = ["psql", "-X", "-q", "-d", pg_dsn, "-c", script]
+    with PostgresLock(name, pg_dsn) as lk:
+        psql = subprocess.Popen(args, stdout=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: lk.holders(), timeout=10)
+            start = time.monotonic()
+            lk.acquire(timeout=10)
+            waited = time.monotonic() - start
+        finally:
+            psql.wait(10)
+        assert 0.2 < waited < 5
+        assert pg_server.psql(f"SELECT pg_try_advisory_lock({key_sql(name)})") == "f"
+        lk.release()
+
+
+# ---- deadlines and cancels --------------------------------------------------------
+
+
+def test_timeout_ends_the_wait_at_the_deadline(locks: list[PostgresLock]) -> None:
+    """timeout=0.3 on a held lock: LockTimeout after about 0.3 s, naming the lock."""
+    a, b = locks
+    a.acquire()
+    start = time.monotonic()
+    with pytest.raises(LockTimeout) as caught:
+        b.acquire(timeout=0.3)
+    waited = time.monotonic() - start
+    assert 0.29 <= waited < 1.0
+    assert caught.value.path == b.url and b.url in str(caught.value)
+    with pytest.raises(LockTimeout):
+        b.acquire(timeout=0)  # one try
+    a.release()
+    b.acquire(timeout=0)
+
+
+def test_cancel_from_another_thread_ends_the_wait_at_once(locks: list[PostgresLock]) -> None:
+    """ctx.cancel() in another thread: the wait ends with LockCancelled, without
+    waiting for any timer (the wait has no deadline)."""
+    a, b = locks
+    a.acquire()
+    ctx = Context.with_cancel()
+    timer = threading.Timer(0.3, ctx.cancel)
+    timer.start()
+    start = time.monotonic()
+    with pytest.raises(LockCancelled):
+        b.acquire(ctx=ctx)
+    ended = time.monotonic() - start
+    assert 0.29 <= ended < 0.8
+    a.release()
+    b.acquire(timeout=1)  # the waiter's pool is usable
+    b.release()
+
+
+def test_context_deadline_and_done_context(locks: list[PostgresLock]) -> None:
+    """A context's deadline ends the wait; a cancelled context fails at once,
+    even on a free lock."""
+    a, b = locks
+    a.acquire()
+    with pytest.raises(LockTimeout):
+        b.acquire(ctx=Context.with_timeout(0.2))
+    ctx = Context.with_cancel()
+    ctx.cancel()
+    a.release()
+    with pytest.raises(LockCancelled):
+        b.acquire(ctx=ctx)
+
+
+def test_close_ends_a_wait_in_another_thread(pg_dsn: str, locks: list[PostgresLock]) -> None:
+    """close() ends another thread's wait with LockError at once."""
+    a, b = locks
+    a.acquire()
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            b.acquire()
+        except BaseException as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=wait)
+    thread.start()
+    time.sleep(0.2)
+    b.close()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert len(errors) == 1 and type(errors[0]) is LockError and "closed" in str(errors[0])
+    a.release()
+
+
+def test_interrupt_in_the_main_thread_ends_the_servers_wait_too(pg_dsn: str, name: str) -> None:
+    """Ctrl-C during a wait: KeyboardInterrupt, no session left waiting on the
+    server, and the lock can be taken again afterwards."""
+    proc = run_program("pg_interrupted", pg_dsn, name)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("interrupted after 0.")
+    assert lines[1:] == ["waiting on the server: 0", "then granted"]
+
+
+def test_asyncio_task_cancel_and_timeout_end_the_wait(locks: list[PostgresLock]) -> None:
+    """task.cancel() and asyncio.wait_for() end a task's wait at once; the event
+    loop keeps running meanwhile; lock_async and with_lock_async work."""
+    a, b = locks
+    a.acquire()
+
+    async def main() -> None:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        tick = asyncio.create_task(ticker())
+        task = asyncio.create_task(b.acquire_async())
+        await asyncio.sleep(0.3)
+        task.cancel()
+        start = time.monotonic()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert time.monotonic() - start < 0.1
+        assert ticks >= 10  # the loop ran while the task waited
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(b.acquire_async(), 0.2)
+        with pytest.raises(LockTimeout):
+            await b.acquire_async(timeout=0.2)
+        a.release()  # held by this thread (a has served no task)
+        async with b.lock_async(timeout=5):
+            assert b.locked()
+
+        async def work() -> int:
+            return 7
+
+        assert await b.with_lock_async(work, SHARED, timeout=5) == 7
+        assert not b.locked()
+        tick.cancel()
+
+    asyncio.run(main())
+
+
+# ---- faults -----------------------------------------------------------------------
+
+
+def test_killed_holder_frees_the_lock_for_a_waiter_within_100_ms(
+    pg_server: Pg, pg_dsn: str, name: str, holders: list[Holder]
+) -> None:
+    """SIGKILL the holder's process: its session ends, and a blocked waiter
+    has the lock within 100 ms."""
+    holder = hold(holders, pg_server.url(name), tool="postgres")
+    with PostgresLock(name, pg_dsn) as lk:
+        granted: list[float] = []
+
+        def wait() -> None:
+            lk.acquire(timeout=10)
+            granted.append(time.monotonic())
+            lk.release()
+
+        thread = threading.Thread(target=wait)
+        thread.start()
+        time.sleep(0.3)
+        killed = time.monotonic()
+        holder.proc.send_signal(signal.SIGKILL)
+        thread.join(10)
+        assert granted and granted[0] - killed < 0.1
+
+
+def test_fork_child_closing_its_copy_keeps_the_parents_lock(pg_dsn: str, name: str) -> None:
+    """After fork(), the child's close() never ends the parent's session."""
+    proc = run_program("pg_fork", pg_dsn, name)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["child 0", "parent still holds the lock", "released"]
+
+
+def test_restart_between_holds_reconnects(pg_server: Pg, pg_dsn: str, name: str) -> None:
+    """A pooled connection that a server restart ended is replaced at the next acquire."""
+    if not isinstance(pg_server, Server):
+        pytest.skip("restarts only the suite's own server")
+    with PostgresLock(name, pg_dsn) as lk:
+        lk.acquire()
+        lk.release()
+        pg_server.restart("fast")
+        lk.acquire(timeout=5)
+        lk.release()
+
+
+# ---- the pool ---------------------------------------------------------------------
+
+
+def test_pooled_connections_hold_nothing_after_timeout_cancel_and_error(
+    pg_server: Pg, locks: list[PostgresLock]
+) -> None:
+    """After a timeout, a cancel, an exception in the block and a release, no
+    session of ours holds or awaits a lock but the holder's; connections are
+    reused; close() ends every session."""
+    a, b = locks
+    a.acquire()
+    with pytest.raises(LockTimeout):
+        b.acquire(timeout=0.1)
+    ctx = Context.with_cancel()
+    threading.Timer(0.1, ctx.cancel).start()
+    with pytest.raises(LockCancelled):
+        b.acquire(ctx=ctx)
+    a.release()
+    with pytest.raises(ZeroDivisionError), b.lock():
+        1 / 0  # noqa: B018
+    for _ in range(20):
+        with b.lock(timeout=1):
+            pass
+        with a.shared_lock(timeout=1):
+            pass
+    pids = [pid for pid, _ in ours(pg_server)]
+    assert advisory_locks(pg_server, pids) == 0
+    assert len(pids) == 2  # one pooled session per object: reused
+    a.close()
+    b.close()
+    assert ours(pg_server) == []
+
+
+# ---- errors -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("dsn", "words"),
+    [
+        ("host=127.0.0.1 port=1 dbname=app", ["host 127.0.0.1 port 1, database app", "refused"]),
+        ("host=nosuch.invalid dbname=app", ["host nosuch.invalid", "database app", "resolve"]),
+        ("postgresql://u@%2Fnonexistent:5/x", ["host /nonexistent port 5, database x"]),
+    ],
+)
+def test_unreachable_server_is_one_line_naming_host_and_database(
+    dsn: str, words: list[str]
+) -> None:
+    """A server that cannot be reached: ConnectionError, one line, host and database."""
+    with pytest.raises(ConnectionError) as caught:
+        PostgresLock("x", dsn)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("cannot connect to PostgreSQL (")
+    for word in words:
+        assert word in message
+
+
+def test_missing_database_and_bad_dsn(pg_server: Pg) -> None:
+    """A database that does not exist is a ConnectionError naming it; a DSN
+    that does not parse is a ValueError; bad names are refused."""
+    if not isinstance(pg_server, Server):
+        pytest.skip("builds DSNs for the suite's own server")
+    dsn = f"host={pg_server.host} port={pg_server.port} user=postgres dbname=nosuchdb"
+    with pytest.raises(ConnectionError, match='database "nosuchdb" does not exist'):
+        PostgresLock("x", dsn)
+    with pytest.raises(ValueError, match="bad PostgreSQL DSN"):
+        PostgresLock("x", "host")
+    for bad, error in [("", ValueError), ("a\0b", ValueError), (True, TypeError), (1.5, TypeError),
+                       (2**63, ValueError), (-(2**63) - 1, ValueError)]:  # fmt: skip
+        with pytest.raises(error):
+            PostgresLock(bad, pg_server.dsn)  # type: ignore[arg-type]
+
+
+def test_misuse_is_lockerror(locks: list[PostgresLock]) -> None:
+    """Taking a held lock again, releasing one not held, and using a closed
+    object are LockErrors; with_lock and locked() behave as TouchFile's."""
+    a, _ = locks
+    with pytest.raises(LockError, match="holds no lock"):
+        a.release()
+    a.acquire()
+    assert a.locked()
+    with pytest.raises(LockError, match="already holds"):
+        a.acquire(timeout=0)
+    a.release()
+    assert a.with_lock(lambda: 5, SHARED, timeout=1) == 5
+    with a.exclusive_lock(timeout=1):
+        assert a.locked()
+    a.close()
+    a.close()
+    assert a.closed and "closed" in repr(a)
+    with pytest.raises(LockError, match="closed"):
+        a.acquire()
+
+
+def test_import_says_which_extra_to_install() -> None:
+    """Without psycopg, importing touchfile.postgres says to install the
+    postgres extra; importing touchfile alone never imports psycopg."""
+    code = (
+        "import sys; sys.modules['psycopg'] = None\n"
+        "import touchfile; assert 'psycopg' not in sys.modules or sys.modules['psycopg'] is None\n"
+        "try:\n    import touchfile.postgres\nexcept ImportError as e:\n    print(e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/")
+    assert out.stdout.strip() == (
+        "touchfile.postgres needs psycopg 3: pip install 'touchfile[postgres]'"
+    ), out.stderr
+    plain = "import sys, touchfile; print('psycopg' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", plain], capture_output=True, text=True, cwd="/")
+    assert out.stdout.strip() == "False"
+
+
+# ---- holders ------------------------------------------------------------------
+
+
+def test_holders_name_session_kind_client_and_program(
+    pg_server: Pg, pg_dsn: str, name: str, locks: list[PostgresLock]
+) -> None:
+    """holders(): the holding sessions' server pids, kinds, clients and
+    application names, which name our host, pid and program."""
+    a, b = locks
+    assert a.holders() == []
+    a.acquire(SHARED)
+    b.acquire(SHARED)
+    found = a.holders()
+    assert len(found) == 2 and all(isinstance(h, PostgresHolder) for h in found)
+    assert {h.kind for h in found} == {SHARED}
+    assert {h.pid for h in found} <= {pid for pid, _ in ours(pg_server)}
+    for h in found:
+        assert h.client == "local"  # the suite's server is reached over its socket
+        assert h.application is not None
+        assert f" pid {os.getpid()} on {os.uname().nodename}" in h.application
+    a.release()
+    b.release()
+    b.acquire()
+    (only,) = a.holders()
+    assert only.kind.value == "exclusive" and only.command.endswith(" from local")
+    b.release()
