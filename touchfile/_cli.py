@@ -20,16 +20,20 @@ import shutil
 import signal
 import sys
 import time
+import urllib.parse
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._cli_args import UsageError, parse
-from ._cli_report import HOLDERS_EVERY, Status, holders_or_none, print_holders, say
+from ._cli_report import HOLDERS_EVERY, Holder, Status, holders_or_none, print_holders, say
 from ._context import Context
-from ._errors import LockTimeout
-from ._holders import LockHolder, holders
+from ._errors import LockError, LockTimeout
+from ._holders import holders
 from ._kinds import LockType
-from ._lock import TouchFile
+from ._lock import LockBase, TouchFile
+
+if TYPE_CHECKING:
+    from .postgres import PostgresLock
 
 # Exit statuses: the command's own (128+N if it died of signal N), 128+N if
 # stop signal N ended the wait, -E CODE (default 1) if the lock stayed busy;
@@ -39,7 +43,13 @@ EX_NOINPUT = 66  # the lock file cannot be opened (or read, for --holders)
 EX_UNAVAILABLE = 69  # the command cannot be executed; --holders unsupported here
 EX_OSERR = 71  # out of memory or descriptors
 EX_CANTCREAT = 73  # read-only file system, or no space
+EX_NOPERM = 77  # PostgreSQL refused us (authentication)
 EX_CONFIG = 78  # a bad TOUCHFILE_* environment variable
+# PostgreSQL cannot be reached (refused, DNS, TLS, lost), or the psycopg
+# extra is not installed: EX_UNAVAILABLE, as for a command that cannot run.
+
+# A LOCKFILE that is a lock on PostgreSQL: postgresql://user@host/db#NAME.
+URL_SCHEMES = ("postgresql://", "postgres://")
 
 # The lock file cannot be opened: errno -> status (EX_NOINPUT otherwise).
 OPEN_ERRORS = {
@@ -124,8 +134,18 @@ def _open_standard_descriptors() -> None:
 
 
 def _show_holders(path: str) -> int:
+    if path.startswith(URL_SCHEMES):
+        lk = _open_postgres(path)
+        try:
+            found: list[Holder] = list(lk.holders())
+        except (OSError, LockError) as error:
+            raise _Exit(EX_UNAVAILABLE, str(error)) from None
+        finally:
+            lk.close()
+        print_holders(lk.url, found)
+        return 0
     try:
-        found = holders(path)
+        found = list(holders(path))
     except NotImplementedError as error:
         raise _Exit(EX_UNAVAILABLE, str(error)) from None
     except OSError as error:
@@ -147,7 +167,7 @@ def _run(args: argparse.Namespace, ignored: set[int]) -> int:
         tf.close()
         raise
     wait_status = _supervise(pid, watched, ignored)
-    if args.close:
+    if args.close or tf._locks.backend.remote:
         tf.close()
     # Otherwise touchfile exits without unlocking, as flock(1) does: the
     # command shares the locked description, and whatever it left running
@@ -156,7 +176,9 @@ def _run(args: argparse.Namespace, ignored: set[int]) -> int:
     return 128 - code if code < 0 else code
 
 
-def _open(lockfile: str) -> TouchFile:
+def _open(lockfile: str) -> LockBase:
+    if lockfile.startswith(URL_SCHEMES):
+        return _open_postgres(lockfile)
     try:
         return TouchFile(lockfile, mode=0o666)  # as flock(1): 0666 less the umask
     except OSError as error:
@@ -166,12 +188,32 @@ def _open(lockfile: str) -> TouchFile:
         raise _Exit(EX_CONFIG, str(error)) from None
 
 
+def _open_postgres(url: str) -> PostgresLock:
+    """The lock URL#NAME names, its first connection made."""
+    dsn, _, name = url.partition("#")
+    if not name:
+        raise _Exit(EX_USAGE, f"no lock name in {url}: add #NAME (postgresql://user@host/db#NAME)")
+    try:
+        from .postgres import PostgresLock
+    except ImportError as error:
+        raise _Exit(EX_UNAVAILABLE, str(error)) from None
+    try:
+        return PostgresLock(urllib.parse.unquote(name), dsn)
+    except PermissionError as error:
+        raise _Exit(EX_NOPERM, str(error)) from None
+    except (OSError, LockError) as error:
+        raise _Exit(EX_UNAVAILABLE, str(error)) from None
+    except ValueError as error:
+        raise _Exit(EX_USAGE, str(error)) from None
+
+
 def _wait_then_spawn(
-    tf: TouchFile, args: argparse.Namespace, watched: set[signal.Signals], ignored: set[int]
+    tf: LockBase, args: argparse.Namespace, watched: set[signal.Signals], ignored: set[int]
 ) -> int:
     """Waiting, then granted: the command's pid once it runs."""
     kind: LockType = args.kind
-    status = Status(sys.stderr, tf.path, kind) if args.verbose else None
+    name = tf._locks.backend.name  # the lock file's path, or the lock's URL
+    status = Status(sys.stderr, name, kind) if args.verbose else None
     start = time.monotonic()
     try:
         waited = _acquire(tf, kind, args.timeout, status)
@@ -180,7 +222,7 @@ def _wait_then_spawn(
         # runs at the latest with the next call, and still ends everything.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, watched)
         if status:
-            status.end(f"took the {kind.value} lock on {tf.path} after {waited:.3f} s")
+            status.end(f"took the {kind.value} lock on {name} after {waited:.3f} s")
             say(f"executing {shlex.join(args.argv)}")
         # A stop signal blocked since the grant, Ctrl-C at the terminal say,
         # came before the command existed: nothing may run.
@@ -195,7 +237,7 @@ def _wait_then_spawn(
     except LockTimeout:  # busy with -n, or -w expired
         if status:
             waited = time.monotonic() - start
-            status.end(f"gave up after {waited:.3f} s: {tf.path} is still locked")
+            status.end(f"gave up after {waited:.3f} s: {name} is still locked")
         raise _Exit(int(args.conflict_exit_code)) from None
     except OSError as error:
         if error.filename == args.argv[0]:
@@ -203,7 +245,13 @@ def _wait_then_spawn(
             raise _Exit(code, f"failed to execute {args.argv[0]}: {error.strerror}") from None
         if status:
             status.end("")
-        raise _Exit(EX_OSERR, f"cannot lock {tf.path}: {error.strerror}") from None
+        if error.strerror is None:  # PostgreSQL: the connection, said in one line
+            raise _Exit(EX_UNAVAILABLE, str(error)) from None
+        raise _Exit(EX_OSERR, f"cannot lock {name}: {error.strerror}") from None
+    except LockError as error:  # the server failed a statement
+        if status:
+            status.end("")
+        raise _Exit(EX_UNAVAILABLE, str(error)) from None
 
 
 def _catch_stop_signals() -> set[int]:
@@ -230,7 +278,7 @@ def _catch_stop_signals() -> set[int]:
     return ignored
 
 
-def _acquire(tf: TouchFile, kind: LockType, timeout: float | None, status: Status | None) -> float:
+def _acquire(tf: LockBase, kind: LockType, timeout: float | None, status: Status | None) -> float:
     """Take the lock within timeout; returns the seconds waited.
 
     With -v the wait is cut into slices under one Context, whose deadline is
@@ -244,7 +292,7 @@ def _acquire(tf: TouchFile, kind: LockType, timeout: float | None, status: Statu
         return time.monotonic() - start
     whole = Context.with_timeout(math.inf if timeout is None else timeout)
     report_at = start + 1.0
-    found: list[LockHolder] | None = None
+    found: list[Holder] | None = None
     found_at = -math.inf
     while True:
         try:
@@ -264,9 +312,10 @@ def _acquire(tf: TouchFile, kind: LockType, timeout: float | None, status: Statu
         report_at = time.monotonic() + 0.5 if status.tty else math.inf
 
 
-def _spawn(tf: TouchFile, argv: list[str], mask: Iterable[int], inherit: bool) -> int:
-    """Start the command (it inherits the locked descriptor if inherit); its pid."""
-    if inherit:
+def _spawn(tf: LockBase, argv: list[str], mask: Iterable[int], inherit: bool) -> int:
+    """Start the command (it inherits the locked descriptor if inherit); its
+    pid. A PostgreSQL lock is touchfile's session's: nothing to inherit."""
+    if inherit and isinstance(tf, TouchFile):
         os.set_inheritable(tf._fileno(), True)
 
     def spawn(argv: list[str]) -> int:

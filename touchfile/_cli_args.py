@@ -26,7 +26,13 @@ Exit status: the command's own (128+N if it died of signal N); CODE (default
 1) if the lock was busy with -n or stayed busy for the -w SECONDS; 128+N if
 signal N (SIGINT, SIGTERM, SIGHUP) ended the wait, in which case nothing
 ran; 64 for a bad command line, 66 if LOCKFILE cannot be opened, 69 if the
-command cannot be executed."""
+command cannot be executed.
+
+LOCKFILE may be a lock on PostgreSQL instead, postgresql://user@host/db#NAME
+(or postgres://), shared by every host that uses the database: the lock is
+held by touchfile's own session while the command runs, and ends with it,
+even if touchfile is killed. Then 69 means the server cannot be reached, and
+77 that it refused us. NAME is hashed as hashtextextended('NAME', 0)."""
 
 EPILOG = """\
 examples:
@@ -41,7 +47,9 @@ examples:
   touchfile -v /tmp/backup.lock -- rsync -a /src/ /backup/
         say who holds the lock if the wait lasts more than a second
   touchfile --holders /tmp/backup.lock
-        list the processes holding a lock on the file (pid, kind, command)"""
+        list the processes holding a lock on the file (pid, kind, command)
+  touchfile -n 'postgresql://cron@db1/ops#nightly-report' -- ./report.sh
+        run the report on one host of many; the others exit 1"""
 
 # Options that take a value, for finding where the options end.
 _VALUED_SHORT = "wEc"

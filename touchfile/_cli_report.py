@@ -9,11 +9,23 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from typing import TextIO
+from typing import Protocol, TextIO
 
-from ._holders import LockHolder
+from ._errors import LockError
 from ._kinds import LockType
-from ._lock import TouchFile
+from ._lock import LockBase
+
+
+class Holder(Protocol):
+    """A holder as the command shows it: a LockHolder, or a PostgresHolder."""
+
+    @property
+    def pid(self) -> int: ...
+    @property
+    def kind(self) -> LockType: ...
+    @property
+    def command(self) -> str | None: ...
+
 
 # How often -v on a terminal looks again for who holds the lock, in seconds.
 HOLDERS_EVERY = 2.0
@@ -25,7 +37,7 @@ def say(message: str) -> None:
         sys.stderr.flush()
 
 
-def print_holders(path: str, found: list[LockHolder]) -> None:
+def print_holders(path: str, found: list[Holder]) -> None:
     """--holders' table on stdout (or the line that says there are none)."""
     if not found:
         print(f"no process holds a lock on {printable(path)}")
@@ -36,11 +48,12 @@ def print_holders(path: str, found: list[LockHolder]) -> None:
         print(f"{h.pid:<{width}}  {h.kind.value:<9}  {printable(h.command)}")
 
 
-def holders_or_none(tf: TouchFile) -> list[LockHolder] | None:
+def holders_or_none(lk: LockBase) -> list[Holder] | None:
     try:
-        return tf.holders()
-    except (NotImplementedError, OSError):
+        found: list[Holder] = lk._locks.backend.holders()
+    except (NotImplementedError, OSError, LockError):
         return None
+    return found
 
 
 class Status:
@@ -54,7 +67,7 @@ class Status:
         self.tty = stream.isatty()
         self.showing = False
 
-    def waiting(self, elapsed: float, found: list[LockHolder] | None) -> None:
+    def waiting(self, elapsed: float, found: list[Holder] | None) -> None:
         if found is None:
             who = "; who holds it cannot be known here"
         elif not found:
@@ -88,7 +101,7 @@ class Status:
             self.stream.flush()
 
 
-def _describe(holder: LockHolder) -> str:
+def _describe(holder: Holder) -> str:
     return f"pid {holder.pid} ({holder.kind.value}): {printable(holder.command)}"
 
 
