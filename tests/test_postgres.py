@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 from helpers import Holder, hold, run_program, wait_until
 from pgserver import External, Server
@@ -479,3 +480,37 @@ def test_holders_name_session_kind_client_and_program(
     (only,) = a.holders()
     assert only.kind.value == "exclusive" and only.command.endswith(" from local")
     b.release()
+
+
+def test_writer_is_not_starved_by_new_readers(pg_dsn: str, name: str) -> None:
+    """The server queues requests: with a shared holder and an exclusive waiter,
+    a new shared request waits behind the writer (flock() would let it in)."""
+    reader, writer, late = (PostgresLock(name, pg_dsn) for _ in range(3))
+    try:
+        reader.acquire(SHARED)
+
+        def write() -> None:
+            writer.acquire(timeout=10)
+            writer.release()
+
+        thread = threading.Thread(target=write)
+        thread.start()
+        wait_until(lambda: waiting_for(pg_dsn) == 1, timeout=5)
+        with pytest.raises(LockTimeout):
+            late.acquire(SHARED, timeout=0.3)
+        reader.release()
+        thread.join(10)
+        late.acquire(SHARED, timeout=1)
+        late.release()
+    finally:
+        for lk in (reader, writer, late):
+            lk.close()
+
+
+def waiting_for(dsn: str) -> int:
+    """How many advisory lock requests wait on the server now."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+        ).fetchone()
+    return int(row[0]) if row else 0
