@@ -47,31 +47,34 @@ _monotonic = time.monotonic
 
 _INT8, _TEXT, _OID = 20, 25, 26
 _TRY = {
-    EXCLUSIVE: b"SELECT pg_try_advisory_lock($1)",
-    SHARED: b"SELECT pg_try_advisory_lock_shared($1)",
+    EXCLUSIVE: b"SELECT pg_catalog.pg_try_advisory_lock($1)",
+    SHARED: b"SELECT pg_catalog.pg_try_advisory_lock_shared($1)",
 }
-# set_config() comes first in the target list, so lock_timeout is in force
-# when pg_advisory_lock() starts to wait.
+# Functions are named with their schema, so that nothing on a search_path
+# stands in for them. set_config() comes first in the target list, so
+# lock_timeout is in force when pg_advisory_lock() starts to wait.
+_SET_TIMEOUT = b"SELECT pg_catalog.set_config('lock_timeout', $2, false), "
 _WAIT = {
-    EXCLUSIVE: b"SELECT set_config('lock_timeout', $2, false), pg_advisory_lock($1)",
-    SHARED: b"SELECT set_config('lock_timeout', $2, false), pg_advisory_lock_shared($1)",
+    EXCLUSIVE: _SET_TIMEOUT + b"pg_catalog.pg_advisory_lock($1)",
+    SHARED: _SET_TIMEOUT + b"pg_catalog.pg_advisory_lock_shared($1)",
 }
-_RELEASE = b"SELECT pg_advisory_unlock_all()"
+_RELEASE = b"SELECT pg_catalog.pg_advisory_unlock_all()"
 # A role's or database's settings must not end our statements or sessions:
 # statement_timeout would end a wait as if it were cancelled, and
 # idle_session_timeout would end a session that holds a lock.
 _SETUP = (
-    "SELECT set_config('statement_timeout', '0', false),"
-    " set_config('idle_in_transaction_session_timeout', '0', false)"
+    "SELECT pg_catalog.set_config('statement_timeout', '0', false),"
+    " pg_catalog.set_config('idle_in_transaction_session_timeout', '0', false)"
 )
-_SETUP_14 = ", set_config('idle_session_timeout', '0', false)"  # PostgreSQL 14 and later
-_HASH = ", hashtextextended($1, 0)"
+_SETUP_14 = ", pg_catalog.set_config('idle_session_timeout', '0', false)"  # PostgreSQL 14 and later
+_HASH = ", pg_catalog.hashtextextended($1, 0)"
 _HOLDERS = b"""
 SELECT l.pid, l.mode, a.client_addr, a.client_port, a.application_name
-FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+FROM pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
 WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
   AND l.classid = $1 AND l.objid = $2
-  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND l.database = (SELECT oid FROM pg_catalog.pg_database
+                    WHERE datname = pg_catalog.current_database())
 ORDER BY l.pid
 """
 

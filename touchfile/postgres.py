@@ -76,5 +76,8 @@ class PostgresLock(LockBase):
     def holders(self) -> list[PostgresHolder]:
         """The sessions holding this lock now, in this database: each a
         PostgresHolder(pid, kind, client, application), pid being the server
-        process's (pg_stat_activity's). Raises ConnectionError or LockError."""
+        process's (pg_stat_activity's). Raises ConnectionError, or LockError
+        (closed, or a statement the server failed)."""
+        if self._locks.closed:
+            raise self._locks.misuse(None)
         return self._backend.holders()
