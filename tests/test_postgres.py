@@ -283,6 +283,12 @@ def test_asyncio_task_cancel_and_timeout_end_the_wait(locks: list[PostgresLock])
         assert ticks >= 10  # the loop ran while the task waited
         with pytest.raises(asyncio.TimeoutError):
             await asyncio.wait_for(b.acquire_async(), 0.2)
+        if sys.version_info >= (3, 11):
+            start = time.monotonic()
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.2):
+                    await b.acquire_async()
+            assert time.monotonic() - start < 0.5
         with pytest.raises(LockTimeout):
             await b.acquire_async(timeout=0.2)
         a.release()  # held by this thread (a has served no task)
@@ -514,3 +520,16 @@ def waiting_for(dsn: str) -> int:
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
         ).fetchone()
     return int(row[0]) if row else 0
+
+
+def test_over_tcp_holders_show_the_client_address(pg_server: Pg, name: str) -> None:
+    """Over TCP, holders() gives the holding session's client address and port."""
+    if not isinstance(pg_server, Server):
+        pytest.skip("an external server's DSN may not be TCP")
+    with PostgresLock(name, pg_server.tcp_dsn) as lk:
+        lk.acquire()
+        (holder,) = lk.holders()
+        assert holder.client is not None and holder.client.startswith("127.0.0.1:")
+        port = int(holder.client.rpartition(":")[2])
+        assert 0 < port < 65536
+        lk.release()
