@@ -5,14 +5,18 @@ touchfile's session."""
 from __future__ import annotations
 
 import os
+import pty
 import signal
 import subprocess
+import threading
 import time
 import uuid
 
 import pytest
 from helpers import TOUCHFILE, Holder, hold, wait_until
 from pgserver import External, Server
+
+from touchfile.postgres import PostgresLock
 
 Pg = Server | External
 
@@ -144,3 +148,66 @@ def test_bad_urls_are_one_line(args: list[str], status: int, words: list[str]) -
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("touchfile: "), proc.stderr
     for word in words:
         assert word in proc.stderr
+
+
+def test_no_password_in_messages() -> None:
+    """The command never prints a URL's password."""
+    for url in (
+        "postgresql://u:S3cretPW@127.0.0.1:1/db",
+        "postgresql://u:S3cretPW@127.0.0.1:1/d#x",
+    ):
+        proc = run(url, "true")
+        assert proc.returncode in (64, 69) and "S3cr" not in proc.stderr, proc.stderr
+        assert "u:***@" in proc.stderr or "cannot connect" in proc.stderr
+
+
+def test_refused_role_exits_77(pg_server: Pg) -> None:
+    """A role the server refuses (not permitted to log in): exit 77, one line."""
+    if not isinstance(pg_server, Server):
+        pytest.skip("creates a role on the suite's own server")
+    role = "touchfile_cli_nologin"
+    pg_server.psql(f"DROP ROLE IF EXISTS {role}; CREATE ROLE {role} NOLOGIN")
+    url = pg_server.url("x", tcp=True).replace("postgres@", f"{role}@")
+    proc = run(url, "true")
+    assert proc.returncode == 77 and "not permitted to log in" in proc.stderr, proc.stderr
+
+
+def test_verbose_wait_on_a_terminal_keeps_its_place_in_the_queue(
+    pg_server: Pg, pg_dsn: str, url: str, holders: list[Holder]
+) -> None:
+    """-v on a terminal tells the status every 0.5 s without leaving the
+    server's queue: a waiter that queued after it is granted after it."""
+    holder = hold(holders, url, tool="postgres")
+    primary, secondary = pty.openpty()
+    waiter = subprocess.Popen(
+        [TOUCHFILE, "-v", url, "sh", "-c", "echo ran; sleep 1"],
+        stdout=subprocess.PIPE, stderr=secondary, text=True,
+    )  # fmt: skip
+    os.close(secondary)
+    later: list[float] = []
+    try:
+        time.sleep(1.2)  # touchfile's status went out at 1.0 s
+
+        def queue_later() -> None:
+            with PostgresLock(url.partition("#")[2], pg_dsn) as lk:
+                lk.acquire(timeout=20)
+                later.append(time.monotonic())
+                lk.release()
+
+        thread = threading.Thread(target=queue_later)
+        thread.start()
+        time.sleep(1.5)  # three status lines: slices would have re-queued behind it
+        holder.release()
+        assert waiter.stdout is not None
+        assert waiter.stdout.readline() == "ran\n"
+        ran = time.monotonic()
+        thread.join(20)
+        assert waiter.wait(20) == 0
+        assert later and later[0] > ran  # granted after touchfile's command ran
+    finally:
+        if waiter.poll() is None:
+            waiter.kill()
+            waiter.wait()
+        if waiter.stdout is not None:
+            waiter.stdout.close()
+        os.close(primary)

@@ -5,6 +5,7 @@ killed, psql on the same key, pool hygiene, bad DSNs, and holders()."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -20,6 +21,7 @@ from helpers import Holder, hold, run_program, wait_until
 from pgserver import External, Server
 
 from touchfile import SHARED, Context, LockCancelled, LockError, LockTimeout
+from touchfile._postgres import GRACE
 from touchfile.postgres import PostgresHolder, PostgresLock
 
 Pg = Server | External
@@ -533,3 +535,160 @@ def test_over_tcp_holders_show_the_client_address(pg_server: Pg, name: str) -> N
         port = int(holder.client.rpartition(":")[2])
         assert 0 < port < 65536
         lk.release()
+
+
+# ---- faults the server side can bring -------------------------------------------
+
+
+def _stopped(pid: int) -> Iterator[None]:
+    """SIGSTOP a server process (the server is silent, the kernel still answers)."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+stopped = contextlib.contextmanager(_stopped)
+
+
+def _waiting_backend(pg: Pg) -> int:
+    """The server pid of the one session waiting for an advisory lock."""
+    out = pg.psql("SELECT pid FROM pg_stat_activity WHERE wait_event = 'advisory'")
+    (pid,) = out.split()
+    return int(pid)
+
+
+def test_silent_server_ends_a_try_at_the_deadline_and_grace(
+    pg_server: Pg, locks: list[PostgresLock]
+) -> None:
+    """A server process that stops answering a try: the try gives up GRACE
+    seconds after the deadline (LockTimeout); the next acquire has a new session."""
+    if not isinstance(pg_server, Server):
+        pytest.skip("stops a process of the suite's own server")
+    _, b = locks
+    (idle,) = b._locks.idle
+    with stopped(idle.pgconn.backend_pid):
+        start = time.monotonic()
+        with pytest.raises(LockTimeout):
+            b.acquire(timeout=0.3)
+        waited = time.monotonic() - start
+    assert 0.3 + GRACE - 0.1 < waited < 0.3 + GRACE + 1.5
+    b.acquire(timeout=5)
+    b.release()
+
+
+@pytest.mark.parametrize("end", ["deadline", "cancel"])
+def test_silent_server_ends_a_wait_grace_after_its_deadline_or_cancel(
+    pg_server: Pg, locks: list[PostgresLock], end: str
+) -> None:
+    """A waiting server process that stops answering: the wait ends GRACE
+    seconds after its deadline (LockTimeout) or its cancel (LockCancelled),
+    once, never twice the grace."""
+    if not isinstance(pg_server, Server):
+        pytest.skip("stops a process of the suite's own server")
+    a, b = locks
+    a.acquire()
+    errors: list[BaseException] = []
+    ctx = Context.with_cancel()
+    timeout = 0.5 if end == "deadline" else None
+
+    def wait() -> None:
+        try:
+            b.acquire(timeout=timeout, ctx=ctx)
+        except BaseException as error:
+            errors.append(error)
+
+    thread = threading.Thread(target=wait)
+    start = time.monotonic()
+    thread.start()
+    wait_until(lambda: "advisory" in pg_server.psql("SELECT wait_event FROM pg_stat_activity"))
+    with stopped(_waiting_backend(pg_server)):
+        if end == "cancel":
+            time.sleep(0.5 - (time.monotonic() - start))
+            ctx.cancel()
+        thread.join(10)
+        ended = time.monotonic() - start
+    assert len(errors) == 1
+    assert type(errors[0]) is (LockTimeout if end == "deadline" else LockCancelled)
+    assert 0.5 + GRACE - 0.1 < ended < 0.5 + GRACE + 1.5
+    a.release()
+    b.acquire(timeout=5)
+    b.release()
+
+
+def test_deadline_beyond_lock_timeouts_range(locks: list[PostgresLock]) -> None:
+    """A timeout of 30 days (beyond lock_timeout's 24.8) waits, and a cancel ends it."""
+    a, b = locks
+    a.acquire()
+    ctx = Context.with_cancel()
+    threading.Timer(0.3, ctx.cancel).start()
+    with pytest.raises(LockCancelled):
+        b.acquire(timeout=30 * 86400, ctx=ctx)
+    a.release()
+
+
+def test_fork_while_another_thread_looks_for_holders(pg_dsn: str, name: str) -> None:
+    """A child forked while a thread of the parent is inside holders() closes
+    its copy at once (no mutex left held, no session of the parent's ended)."""
+    proc = run_program("pg_fork_holders", pg_dsn, name, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["children: [0]", "holders: 1"]
+
+
+def test_name_key_does_not_depend_on_the_client_encoding(pg_server: Pg) -> None:
+    """In a LATIN1 database, 'café' is the same lock whatever PGCLIENTENCODING
+    the client has, and the same as psql's hashtextextended('café', 0)."""
+    if not isinstance(pg_server, Server):
+        pytest.skip("creates a database on the suite's own server")
+    db = f"latin1_{uuid.uuid4().hex[:8]}"
+    pg_server.psql(
+        f"CREATE DATABASE {db} ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0"
+    )
+    dsn = f"host={pg_server.host} port={pg_server.port} user=postgres dbname={db}"
+    code = (
+        "import sys; from touchfile.postgres import PostgresLock; "
+        "print(PostgresLock('café', sys.argv[1]).key)"
+    )
+    keys = set()
+    for encoding in ("LATIN1", "UTF8", "SQL_ASCII"):
+        env = {**os.environ, "PGCLIENTENCODING": encoding}
+        out = subprocess.run(
+            [sys.executable, "-c", code, dsn], capture_output=True, text=True, env=env, cwd="/"
+        )
+        assert out.returncode == 0, out.stderr
+        keys.add(int(out.stdout))
+    psql = subprocess.run(
+        ["psql", "-X", "-A", "-t", "-d", dsn, "-c", "SELECT hashtextextended('café', 0)"],
+        capture_output=True, text=True, env={**os.environ, "PGCLIENTENCODING": "UTF8"},
+    )  # fmt: skip
+    assert keys == {int(psql.stdout)}
+
+
+@pytest.mark.parametrize(
+    ("role", "create"),
+    [("touchfile_nologin", "CREATE ROLE touchfile_nologin NOLOGIN"), ("touchfile_nobody", "")],
+)
+def test_refused_role_is_permissionerror(pg_server: Pg, role: str, create: str) -> None:
+    """A role that may not log in, or does not exist: PermissionError, one line."""
+    if not isinstance(pg_server, Server):
+        pytest.skip("creates roles on the suite's own server")
+    if create:
+        pg_server.psql(f"DROP ROLE IF EXISTS {role}; {create}")
+    dsn = f"host={pg_server.host} port={pg_server.port} user={role} dbname=postgres"
+    with pytest.raises(PermissionError) as caught:
+        PostgresLock("x", dsn)
+    assert "\n" not in str(caught.value) and f'"{role}"' in str(caught.value)
+
+
+def test_password_is_never_shown() -> None:
+    """A DSN's password appears in no error message."""
+    for dsn in (
+        "postgresql://u:S3cretPW@127.0.0.1:1/db",
+        "host=127.0.0.1 port=1 password=S3cretPW",
+        "postgresql://u:S3cr%zzetPW@127.0.0.1:1/db",
+        "postgresql://u:S3cretPW@[::1/db",
+    ):
+        with pytest.raises((OSError, ValueError)) as caught:
+            PostgresLock("x", dsn)
+        assert "S3cr" not in str(caught.value), str(caught.value)

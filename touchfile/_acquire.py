@@ -76,7 +76,8 @@ class Locks:
         after the lock was granted, and a pooled handle must hold nothing."""
         if not handle.closed:
             self.backend.release(handle)
-            self.idle.append(handle)
+            if not handle.closed:  # release() may find the connection lost
+                self.idle.append(handle)
         if self.closed:  # close() may have drained the pool before our append
             self.close_idle()
 
@@ -130,6 +131,7 @@ class Locks:
         self.waits = set()
         for handle in list(self.handles):
             self.backend.close(handle)
+        self.backend.forget_inherited()
 
 
 instances: weakref.WeakSet[Locks] = weakref.WeakSet()
@@ -167,7 +169,7 @@ def begin(
     try:
         if handle is None:
             handle = locks.open()
-        if not locks.backend.try_lock(handle, kind):
+        if not locks.backend.try_lock(handle, kind, deadline):
             if start == _INF:
                 start = _monotonic()
             if deadline <= start or deadline <= _monotonic():

@@ -55,9 +55,11 @@ class Backend(Protocol[H, W]):
         """A new handle on the resource. Raises OSError or LockError."""
         ...
 
-    def try_lock(self, handle: H, kind: LockType) -> bool:
-        """One try that never waits: True when handle now holds the lock,
-        False when it is busy. Raises OSError or LockError."""
+    def try_lock(self, handle: H, kind: LockType, deadline: float) -> bool:
+        """One try that never waits for the lock: True when handle now holds
+        it, False when it is busy. A try that is a round trip gives up (as
+        busy) when the other side is still silent a while after deadline,
+        the acquisition's. Raises OSError or LockError."""
         ...
 
     def waiter(self, deadline: float) -> W:
@@ -82,6 +84,11 @@ class Backend(Protocol[H, W]):
     def holders(self) -> list[Any]:
         """Who holds a lock on the resource now (a NamedTuple per holder,
         with at least pid, kind and command)."""
+        ...
+
+    def forget_inherited(self) -> None:
+        """In a forked child, once every handle is closed: reset what the
+        parent's threads may have left in use."""
         ...
 
     def discard(self) -> None:

@@ -19,6 +19,7 @@ import shlex
 import shutil
 import signal
 import sys
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterable
@@ -191,12 +192,17 @@ def _open(lockfile: str) -> LockBase:
 def _open_postgres(url: str) -> PostgresLock:
     """The lock URL#NAME names, its first connection made."""
     dsn, _, name = url.partition("#")
-    if not name:
-        raise _Exit(EX_USAGE, f"no lock name in {url}: add #NAME (postgresql://user@host/db#NAME)")
     try:
-        from .postgres import PostgresLock
+        from .postgres import PostgresLock  # says what to install, if psycopg is missing
     except ImportError as error:
         raise _Exit(EX_UNAVAILABLE, str(error)) from None
+    from ._postgres import redacted_url
+
+    if not name:
+        shown = redacted_url(url)
+        raise _Exit(
+            EX_USAGE, f"no lock name in {shown}: add #NAME (postgresql://user@host/db#NAME)"
+        )
     try:
         return PostgresLock(urllib.parse.unquote(name), dsn)
     except PermissionError as error:
@@ -290,6 +296,8 @@ def _acquire(tf: LockBase, kind: LockType, timeout: float | None, status: Status
     if status is None or timeout == 0:
         tf.acquire(kind, timeout)
         return time.monotonic() - start
+    if tf._locks.backend.remote:
+        return _acquire_told(tf, kind, timeout, status)
     whole = Context.with_timeout(math.inf if timeout is None else timeout)
     report_at = start + 1.0
     found: list[Holder] | None = None
@@ -310,6 +318,33 @@ def _acquire(tf: LockBase, kind: LockType, timeout: float | None, status: Status
             found, found_at = holders_or_none(tf), time.monotonic()
         status.waiting(time.monotonic() - start, found)
         report_at = time.monotonic() + 0.5 if status.tty else math.inf
+
+
+def _acquire_told(tf: LockBase, kind: LockType, timeout: float | None, status: Status) -> float:
+    """-v on a server: one wait, as slices would leave the server's queue
+    and lose their place in it; a thread tells the status meanwhile."""
+    start = time.monotonic()
+    done = threading.Event()
+
+    def tell() -> None:
+        found: list[Holder] | None = None
+        found_at = -math.inf
+        delay = 1.0
+        while not done.wait(delay):
+            if found_at + HOLDERS_EVERY <= time.monotonic():
+                found, found_at = holders_or_none(tf), time.monotonic()
+            if not done.is_set():
+                status.waiting(time.monotonic() - start, found)
+            delay = 0.5 if status.tty else math.inf
+
+    teller = threading.Thread(target=tell, daemon=True)
+    teller.start()
+    try:
+        tf.acquire(kind, timeout)
+    finally:
+        done.set()
+        teller.join()
+    return time.monotonic() - start
 
 
 def _spawn(tf: LockBase, argv: list[str], mask: Iterable[int], inherit: bool) -> int:

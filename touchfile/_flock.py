@@ -229,6 +229,9 @@ class FlockPolling:
     def close(self, handle: FlockHandle) -> None:
         handle.close()
 
+    def forget_inherited(self) -> None:
+        pass  # nothing beyond the handles, which Locks closed
+
     def discard(self) -> None:
         # Only our own file: one put in its place since is not ours to remove.
         if self._temporary is not None and _identity(self.name) == self._temporary:
@@ -240,7 +243,7 @@ class FlockPolling:
 
     # ---- locking --------------------------------------------------------------
 
-    def try_lock(self, handle: FlockHandle, kind: LockType) -> bool:
+    def try_lock(self, handle: FlockHandle, kind: LockType, deadline: float) -> bool:
         op = _EX if kind is EXCLUSIVE else _SH
         rc = self._try(handle.fd, op, self._bpath, handle.dev, handle.ino)
         if rc == OK:

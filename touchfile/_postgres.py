@@ -15,8 +15,11 @@ very statement that waits. A cancel writes to the waiter's pipe; the waiting
 thread then sends the server a cancel request, so neither ctx.cancel()'s
 caller nor an event loop ever waits on the network. A cancel request that
 reaches the server between statements is ignored there, so it is sent again
-every RESEND seconds until the wait ends; after GRACE seconds with no
-answer, the connection is closed, which ends the session and its locks.
+every RESEND seconds until the wait ends. A server that has not answered
+GRACE seconds after a cancel, or after the deadline, has its session closed
+(which ends whatever the session had), and the wait returns. A try has the
+acquisition's deadline too: a server silent GRACE seconds past it loses the
+session, and the try counts as busy.
 """
 
 from __future__ import annotations
@@ -66,7 +69,8 @@ _SETUP = (
     "SELECT pg_catalog.set_config('statement_timeout', '0', false),"
     " pg_catalog.set_config('idle_in_transaction_session_timeout', '0', false)"
 )
-_SETUP_14 = ", pg_catalog.set_config('idle_session_timeout', '0', false)"  # PostgreSQL 14 and later
+_SETUP_14 = ", pg_catalog.set_config('idle_session_timeout', '0', false)"  # PostgreSQL 14+
+_SETUP_17 = ", pg_catalog.set_config('transaction_timeout', '0', false)"  # PostgreSQL 17+
 _HASH = ", pg_catalog.hashtextextended($1, 0)"
 _HOLDERS = b"""
 SELECT l.pid, l.mode, a.client_addr, a.client_port, a.application_name
@@ -81,6 +85,9 @@ ORDER BY l.pid
 _QUERY_CANCELED = b"57014"
 _LOCK_NOT_AVAILABLE = b"55P03"
 _INT64 = range(-(2**63), 2**63)
+_MAX_MS = 2**31 - 1  # the longest lock_timeout, and poll() timeout: 24.8 days
+# libpq 17 and later can send a cancel request without blocking.
+_NONBLOCKING_CANCEL = psycopg.capabilities.has_cancel_safe()
 
 
 class PostgresHolder(NamedTuple):
@@ -103,22 +110,30 @@ class PostgresHolder(NamedTuple):
 class PgHandle:
     """One connection (one server session), and the process that opened it."""
 
-    __slots__ = ("__weakref__", "closed", "conn", "pgconn", "pid", "sock")
+    __slots__ = ("__weakref__", "closed", "conn", "holds", "pending", "pgconn", "pid", "sock")
 
     def __init__(self) -> None:
         self.conn: psycopg.Connection[tuple[object, ...]] | None = None
         self.closed = True  # a plain attribute: read on every release
         self.sock = -1
         self.pid = 0
+        self.holds = False  # the session may hold the lock: release() unlocks
+        # A cancel request still on its way: the next statement waits for
+        # it, which it could otherwise cancel.
+        self.pending: _Cancel | None = None
 
     def attach(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
         self.conn, self.pgconn = conn, conn.pgconn
         self.sock, self.pid, self.closed = conn.pgconn.socket, os.getpid(), False
+        self.holds, self.pending = False, None
 
     def close(self) -> None:
         """End the session (and with it every lock it holds)."""
         conn, self.conn = self.conn, None
         self.closed = True
+        if self.pending is not None:
+            self.pending.close()
+            self.pending = None
         if conn is None:
             return
         if self.pid != os.getpid():
@@ -178,7 +193,11 @@ class PostgresBackend:
         try:
             given = psycopg.conninfo.conninfo_to_dict(self._dsn)
         except psycopg.ProgrammingError as error:
-            raise ValueError(f"bad PostgreSQL DSN: {_first_line(error)}") from None
+            message = _redacted(_first_line(error), self._dsn)
+            if re.search(r"://[^/@]*:[^@]*@|password\s*=", self._dsn):
+                # libpq quotes the part it could not parse, which may hold the password
+                message = re.sub(r'"[^"]*"', lambda m: _unless_in(m[0], self._dsn), message)
+            raise ValueError(f"bad PostgreSQL DSN: {message}") from None
         # What libpq will use: the DSN, then PG* environment variables.
         self._params = {o.keyword.decode(): o.val.decode() for o in _defaults() if o.val}
         self._params.update({k: str(v) for k, v in given.items() if v is not None})
@@ -187,6 +206,7 @@ class PostgresBackend:
         self._named = False  # True once name says where libpq connected
         self._info: PgHandle | None = None  # holders()' own connection
         self._info_mutex = threading.Lock()
+        self._discarded = False
 
     # ---- handles ------------------------------------------------------------
 
@@ -203,14 +223,19 @@ class PostgresBackend:
             extra["application_name"] = _application_name()
         if "connect_timeout" not in self._params:
             extra["connect_timeout"] = "10"  # libpq's default is to wait for ever
+        # The server hashes the name after converting it from the client's
+        # encoding: every client must send it alike to get the same key.
+        extra["client_encoding"] = "UTF8"
         try:
             conninfo = psycopg.conninfo.make_conninfo(self._dsn, **extra)
             conn = psycopg.connect(conninfo, autocommit=True)
         except psycopg.Error as error:
-            raise _unreachable(error, self._params) from None
+            raise _unreachable(error, self._params, self._dsn) from None
         handle.attach(conn)
         try:
-            setup = _SETUP + (_SETUP_14 if conn.pgconn.server_version >= 140000 else "")
+            version = conn.pgconn.server_version
+            setup = _SETUP + (_SETUP_14 if version >= 140000 else "")
+            setup += _SETUP_17 if version >= 170000 else ""
             if self.key is None:
                 assert isinstance(self.lock, str)
                 row = self._query(handle, (setup + _HASH).encode(), [self.lock.encode()], [_TEXT])
@@ -226,16 +251,17 @@ class PostgresBackend:
             self.name = _url({**actual, "dbname": info.dbname}, self.lock)
             self._named = True
 
-    def try_lock(self, handle: PgHandle, kind: LockType) -> bool:
-        key = self._key()
+    def try_lock(self, handle: PgHandle, kind: LockType, deadline: float) -> bool:
+        key = [self._key()]
         try:
-            row = self._query(handle, _TRY[kind], [key], [_INT8])
+            row = self._query(handle, _TRY[kind], key, [_INT8], deadline)
         except ConnectionError:
             # An idle pooled connection that the server ended (a restart, an
             # idle timeout): once more, on a new one.
             self._connect(handle)
-            row = self._query(handle, _TRY[kind], [key], [_INT8])
-        return row[0] == b"t"
+            row = self._query(handle, _TRY[kind], key, [_INT8], deadline)
+        handle.holds = bool(row) and row[0] == b"t"  # no row: silent past the deadline
+        return handle.holds
 
     def waiter(self, deadline: float) -> PgWaiter:
         return PgWaiter(deadline)
@@ -244,8 +270,9 @@ class PostgresBackend:
         remaining = waiter.deadline - _monotonic()
         if remaining <= 0:
             return Outcome.DEADLINE
-        # lock_timeout is in whole milliseconds, and 0 turns it off.
-        ms = 0 if remaining == math.inf else max(1, math.ceil(remaining * 1000))
+        # lock_timeout is in whole milliseconds, and 0 turns it off (for no
+        # deadline, or one beyond its range: then this side ends the wait).
+        ms = max(1, math.ceil(remaining * 1000)) if remaining * 1000 <= _MAX_MS else 0
         wake, poke = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         try:
             with waiter.mutex:
@@ -254,9 +281,11 @@ class PostgresBackend:
                 waiter.wake = poke
             try:
                 self._send(handle, _WAIT[kind], [self._key(), b"%d" % ms], [_INT8, _TEXT])
-                answered = self._answer(handle, waiter, wake)
+                late = GRACE if ms > 0 else 0.0  # the server's lock_timeout, or ours
+                answered = self._answer(handle, waiter.deadline, late, waiter, wake)
                 if answered:
                     self._result(handle)
+                    handle.holds = True
             except _Refused as refused:
                 if refused.state == _LOCK_NOT_AVAILABLE:
                     return Outcome.DEADLINE
@@ -265,7 +294,8 @@ class PostgresBackend:
                 raise self._error(refused) from None
             except BaseException:
                 if not handle.closed:  # KeyboardInterrupt, say: end the wait, then the session
-                    self._cancel(handle, 0.5)
+                    with contextlib.suppress(Exception):
+                        _Cancel(handle).finish(_monotonic() + 0.5)
                     handle.close()
                 raise
         finally:
@@ -278,11 +308,12 @@ class PostgresBackend:
         return Outcome.OK
 
     def release(self, handle: PgHandle) -> None:
-        if handle.closed:
+        if handle.closed or not handle.holds:
             return
         # If the session has ended, so have its locks (and handle is closed).
         with contextlib.suppress(ConnectionError):
             self._query(handle, _RELEASE, [], [])
+            handle.holds = False
 
     def close(self, handle: PgHandle) -> None:
         handle.close()
@@ -293,6 +324,8 @@ class PostgresBackend:
         # pg_locks shows a bigint key as two oids, its high and low halves.
         params = [str(unsigned >> 32).encode(), str(unsigned & 0xFFFF_FFFF).encode()]
         with self._info_mutex:
+            if self._discarded:
+                raise LockError(f"{self.name} is closed", self.name)
             info = self._info
             if info is None or info.closed or info.pid != os.getpid():
                 if info is not None:
@@ -318,9 +351,18 @@ class PostgresBackend:
 
     def discard(self) -> None:
         with self._info_mutex:
+            self._discarded = True
             if self._info is not None:
                 self._info.close()
                 self._info = None
+
+    def forget_inherited(self) -> None:
+        # In a forked child: another thread of the parent may have held the
+        # mutex, and the session is the parent's (closed without a word).
+        self._info_mutex = threading.Lock()
+        if self._info is not None:
+            self._info.close()
+            self._info = None
 
     # ---- statements ---------------------------------------------------------
 
@@ -328,19 +370,32 @@ class PostgresBackend:
         return str(self.key).encode()
 
     def _query(
-        self, handle: PgHandle, sql: bytes, params: list[bytes], types: list[int]
+        self,
+        handle: PgHandle,
+        sql: bytes,
+        params: list[bytes],
+        types: list[int],
+        deadline: float = math.inf,
     ) -> list[bytes | None]:
-        """Run sql and return its one row. Raises ConnectionError (and closes
-        handle) when the connection is lost, LockError for a server error."""
-        rows = self._rows(handle, sql, params, types)
+        """Run sql and return its one row (none if the server was silent
+        GRACE seconds past deadline: then handle is closed). Raises
+        ConnectionError (and closes handle) when the connection is lost,
+        LockError for a server error."""
+        rows = self._rows(handle, sql, params, types, deadline)
         return rows[0] if rows else []
 
     def _rows(
-        self, handle: PgHandle, sql: bytes, params: list[bytes], types: list[int]
+        self,
+        handle: PgHandle,
+        sql: bytes,
+        params: list[bytes],
+        types: list[int],
+        deadline: float = math.inf,
     ) -> list[list[bytes | None]]:
         try:
             self._send(handle, sql, params, types)
-            self._answer(handle, None, -1)
+            if not self._answer(handle, deadline, GRACE):
+                return []
             result = self._result(handle)
         except _Refused as refused:
             raise self._error(refused) from None
@@ -353,52 +408,68 @@ class PostgresBackend:
         ]
 
     def _send(self, handle: PgHandle, sql: bytes, params: list[bytes], types: list[int]) -> None:
+        if handle.pending is not None:  # it must not reach the server after sql does
+            handle.pending.finish(_monotonic() + GRACE)
+            handle.pending = None
         pgconn = handle.pgconn
         try:
             pgconn.send_query_params(sql, list(params), list(types))
             while pgconn.flush():
-                select.select([handle.sock], [handle.sock], [])
+                _poll([(handle.sock, select.POLLIN | select.POLLOUT)], math.inf)
                 pgconn.consume_input()
         except psycopg.OperationalError as error:
             raise self._lost(handle, error) from None
 
-    def _answer(self, handle: PgHandle, waiter: PgWaiter | None, wake: int) -> bool:
-        """Block until the server has answered (True), or, for a wait, until
-        the server did not answer GRACE seconds after its deadline or a
-        cancel (False: then handle is closed)."""
+    def _answer(
+        self,
+        handle: PgHandle,
+        deadline: float,
+        late: float,
+        waiter: PgWaiter | None = None,
+        wake: int = -1,
+    ) -> bool:
+        """Block until the server has answered (True). A server silent late
+        seconds past deadline, or GRACE seconds after waiter's cancel, has
+        its session closed (False): it is gone, or stuck. With late=0 (a
+        deadline beyond lock_timeout's range) the wait is cancelled at the
+        deadline instead."""
         pgconn = handle.pgconn
-        poller = select.poll()
-        poller.register(handle.sock, select.POLLIN)
-        if waiter is not None:
-            poller.register(wake, select.POLLIN)
-        give_up = resend = math.inf
+        give_up = deadline + late if late else math.inf
+        cancel: _Cancel | None = None
         try:
             pgconn.consume_input()
             while pgconn.is_busy():
-                until = math.inf
+                now = _monotonic()
                 if waiter is not None:
-                    now = _monotonic()
-                    if waiter.reason is not None and give_up == math.inf:
-                        give_up = resend = now
-                    if resend <= now:
-                        self._cancel(handle, GRACE)
-                        resend = _monotonic() + RESEND
-                    if give_up != math.inf and give_up + GRACE <= now:
-                        handle.close()
-                        return False
-                    # The server's lock_timeout ends the wait at its deadline;
-                    # if it has not answered GRACE later, cancel it ourselves.
-                    until = min(resend, give_up + GRACE, waiter.deadline + GRACE)
-                ms = None if until == math.inf else max(0, math.ceil((until - _monotonic()) * 1e3))
-                events = poller.poll(ms)
-                if waiter is not None:
-                    if any(fd == wake for fd, _ in events):
-                        os.read(wake, 64)
-                    elif not events and waiter.deadline + GRACE <= _monotonic():
+                    if waiter.reason is None and not late and deadline <= now:
                         waiter.cancel(Outcome.DEADLINE)
+                    if waiter.reason is not None and cancel is None:
+                        cancel = _Cancel(handle)
+                        give_up = min(give_up, now + GRACE)
+                    if cancel is not None and cancel.due(now):
+                        cancel.send()  # again, if the last one came between statements
+                if give_up <= now:
+                    handle.close()
+                    return False
+                watch = [(handle.sock, select.POLLIN)]
+                until = give_up
+                if waiter is not None:
+                    watch.append((wake, select.POLLIN))
+                    if not late:
+                        until = min(until, deadline)
+                if cancel is not None:
+                    watch += cancel.watch()
+                    until = min(until, cancel.next_at)
+                for fd, _ in _poll(watch, until):
+                    if fd == wake:
+                        os.read(wake, 64)
+                    elif cancel is not None and fd == cancel.fd:
+                        cancel.step()
                 pgconn.consume_input()
         except psycopg.OperationalError as error:
             raise self._lost(handle, error) from None
+        if cancel is not None and not cancel.done:
+            handle.pending = cancel  # the next statement waits for it
         return True
 
     def _result(self, handle: PgHandle) -> pq.abc.PGresult:
@@ -426,17 +497,92 @@ class PostgresBackend:
     def _error(self, refused: _Refused) -> LockError:
         return LockError(f"{self.name}: {refused.message}", self.name)
 
-    def _cancel(self, handle: PgHandle, timeout: float) -> None:
-        """Ask the server to end handle's statement (no matter if it cannot)."""
-        if handle.conn is not None:
-            with contextlib.suppress(psycopg.Error):
-                handle.conn.cancel_safe(timeout=timeout)
-
     def _lost(self, handle: PgHandle, error: object) -> ConnectionError:
         handle.close()
         return ConnectionError(
             f"lost the connection to PostgreSQL ({_where(self._params)}): {_message(error)}"
         )
+
+
+class _Cancel:
+    """Cancel requests for a session's statement, sent without blocking (a
+    connection of their own, driven by the waiting thread's poll()), the
+    next RESEND seconds after the last one is through."""
+
+    __slots__ = ("conn", "done", "fd", "handle", "next_at", "wants")
+
+    def __init__(self, handle: PgHandle) -> None:
+        self.handle = handle
+        self.conn: pq.abc.PGcancelConn | None = None
+        self.done = True  # no request on its way
+        self.fd = -1
+        self.wants = 0
+        self.next_at = -math.inf  # when the next one is due
+
+    def due(self, now: float) -> bool:
+        return self.done and self.next_at <= now
+
+    def send(self) -> None:
+        self.close()
+        pgconn = self.handle.pgconn
+        if not _NONBLOCKING_CANCEL:  # libpq before 17: the old blocking request
+            with contextlib.suppress(psycopg.Error):
+                pgconn.get_cancel().cancel()
+            self.next_at = _monotonic() + RESEND
+            return
+        try:
+            self.conn = pgconn.cancel_conn()
+            self.conn.start()
+        except psycopg.Error:
+            self.close()
+            self.next_at = _monotonic() + RESEND
+            return
+        self.done, self.next_at = False, math.inf  # due again once through
+        self.step()
+
+    def step(self) -> None:
+        """Drive the request on (its socket is ready)."""
+        assert self.conn is not None
+        try:
+            status = self.conn.poll()
+        except psycopg.Error:
+            status = pq.PollingStatus.FAILED
+        if status in (pq.PollingStatus.READING, pq.PollingStatus.WRITING):
+            self.fd = self.conn.socket
+            reading = status == pq.PollingStatus.READING
+            self.wants = select.POLLIN if reading else select.POLLOUT
+            return
+        self.close()  # through (OK), or failed: either way, again if unanswered
+        self.next_at = _monotonic() + RESEND
+
+    def watch(self) -> list[tuple[int, int]]:
+        return [] if self.done else [(self.fd, self.wants)]
+
+    def finish(self, limit: float) -> None:
+        """Send one if none was, and see it through (until limit at most)."""
+        if self.done and self.conn is None and self.next_at == -math.inf:
+            self.send()
+        while not self.done and _monotonic() < limit:
+            if _poll(self.watch(), limit):
+                self.step()
+        self.close()
+
+    def close(self) -> None:
+        conn, self.conn = self.conn, None
+        self.done, self.fd = True, -1
+        if conn is not None:
+            conn.finish()
+
+
+def _poll(watch: list[tuple[int, int]], until: float) -> list[tuple[int, int]]:
+    """poll() on (fd, events) pairs until the absolute time until."""
+    poller = select.poll()
+    for fd, events in watch:
+        poller.register(fd, events)
+    if until == math.inf:
+        return poller.poll()
+    left = until - _monotonic()
+    return poller.poll(min(_MAX_MS, math.ceil(left * 1000)) if left > 0 else 0)
 
 
 class _Refused(Exception):
@@ -487,13 +633,39 @@ def _first_line(error: object) -> str:
     return text.splitlines()[0] if text else "unknown error"
 
 
-def _unreachable(error: psycopg.Error, params: dict[str, str]) -> OSError:
+# What the server says when it refuses us, rather than cannot be reached.
+_REFUSED = re.compile(
+    r"authentication failed|no pg_hba\.conf entry|no password supplied|role .* does not exist"
+    r"|not permitted to log in|permission denied for database"
+)
+
+
+def _unreachable(error: psycopg.Error, params: dict[str, str], dsn: str) -> OSError:
     """The one line for a connection that could not be made."""
-    reason = _message(error)
+    reason = _redacted(_message(error), dsn)
     message = f"cannot connect to PostgreSQL ({_where(params)}): {reason}"
-    if "authentication failed" in reason or "no pg_hba.conf entry" in reason:
-        return PermissionError(message)
-    return ConnectionError(message)
+    return PermissionError(message) if _REFUSED.search(reason) else ConnectionError(message)
+
+
+def _redacted(text: str, dsn: str) -> str:
+    """text without the password that dsn may hold (libpq's messages may quote it)."""
+    try:
+        password = str(psycopg.conninfo.conninfo_to_dict(dsn).get("password") or "")
+    except psycopg.Error:
+        password = ""
+    if password:
+        text = text.replace(password, "***")
+    text = re.sub(r"(://[^:/@\s]*:)[^@\s]*@", r"\1***@", text)
+    return re.sub(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", r"\1***", text)
+
+
+def _unless_in(quoted: str, dsn: str) -> str:
+    return '"..."' if quoted[1:-1] in dsn else quoted
+
+
+def redacted_url(url: str) -> str:
+    """A postgresql:// URL as it may be shown: without its password."""
+    return _redacted(url, "")
 
 
 def _application_name() -> str:
