@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
+from benchmarks import pg_report
 from benchmarks.contenders import BY_KEY
 from benchmarks.stats import US, Series, fmt_rate, fmt_ratio, fmt_time
 
@@ -192,6 +193,7 @@ def summary_table(res: Results, keys: list[str]) -> list[str]:
 
 
 def markdown(res: Results, meta: dict[str, Any], keys: list[str], notes: list[str]) -> str:
+    summary = summary_table(res, keys)
     lines = [
         f"# touchfile benchmarks, {meta['date']}",
         "",
@@ -199,18 +201,23 @@ def markdown(res: Results, meta: dict[str, Any], keys: list[str], notes: list[st
         + "; ".join(f"{name} {v}" for name, v in meta["versions"].items())
         + f". `{meta['command']}`, {meta['runtime_s']:.0f} s.",
         "",
-        "## Summary",
-        "",
-        "Medians unless a row says otherwise; ratios are of the values shown.",
-        "",
-        *summary_table(res, keys),
-        "",
     ]
+    if len(summary) > 2:  # rows beside the header: the flock() figures ran
+        lines += [
+            "## Summary",
+            "",
+            "Medians unless a row says otherwise; ratios are of the values shown.",
+            "",
+            *summary,
+            "",
+        ]
+    lines += pg_report.summary(res)
     if notes:
         lines += [*(f"- {n}" for n in notes), ""]
     lines += ["## Every figure", ""]
     for figure, cases in res.items():
-        lines += figure_table(figure, cases)
+        table = pg_report.figure_table if figure in pg_report.TITLES else figure_table
+        lines += table(figure, cases)
     return "\n".join(lines)
 
 
@@ -319,7 +326,7 @@ def plots(res: Results, stem: Path, title: str) -> list[Path]:
         ax.legend(fontsize=8)
         fig.tight_layout()
         written.append(_save(fig, stem, "waiters"))
-    return written
+    return written + pg_report.plots(res, stem, title)
 
 
 def _save(fig: Any, stem: Path, name: str) -> Path:

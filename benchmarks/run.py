@@ -3,11 +3,17 @@
     python -m benchmarks            # the full run, under 3 minutes on 2 cores
     python -m benchmarks --quick    # a smoke run, about half a minute
     python benchmarks/run.py        # the same as python -m benchmarks
+    python -m benchmarks --only pg_uncontended --only pg_handoff ...  # some figures only
+
+The PostgreSQL figures (pg_*) start a throwaway server of their own
+(tests/pgserver.py; apt-get install postgresql), left out with a note if there
+is none, unless the environment variable CI is set: then the run fails.
 
 Prints a Markdown table (progress goes to stderr) and writes, to
 benchmarks/results/ (or --out), DATE.md, DATE.json (every sample) and, when
 matplotlib is installed (pip install '.[bench]'), DATE-latency.png,
-DATE-throughput.png and DATE-waiters.png. A --quick run's files end in -quick.
+DATE-throughput.png, DATE-waiters.png and DATE-postgres.png. A --quick run's
+files end in -quick.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import touchfile
-from benchmarks import figures, report, workers
+from benchmarks import figures, pg_figures, report, workers
 from benchmarks.contenders import CONTENDERS
 from benchmarks.stats import LoadMeter
 
@@ -51,6 +57,7 @@ STEPS: list[tuple[str, Callable[[figures.Bench], Any]]] = [
     ("many_waiters", figures.many_waiters),
     ("command_line", figures.command_line),
     ("asyncio", figures.asyncio_twins),
+    *pg_figures.STEPS,
 ]
 
 
@@ -122,9 +129,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"{i}/{len(steps)} {name} ...")
             meter = LoadMeter()
             out = fn(bench)
-            res.update(out if name == "asyncio" else {name: out})
+            if out:  # {}: a section left out (see its notes)
+                res.update(out if name == "asyncio" else {name: out})
             load[name] = meter.read()
     finally:
+        pg_figures.stop()
         for w in pool:
             w.close()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -143,6 +152,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "load": load,
         "config": cfg.__dict__,
     }
+    if pg_figures.INFO:
+        meta["versions"].update({k: v for k, v in pg_figures.INFO.items() if k != "config"})
+        meta["pg_config"] = pg_figures.INFO["config"]
+    notes += pg_figures.NOTES
     busy = ", ".join(f"{k} {v['busy_cores']:.1f} ({v['steal_cores']:.2f})" for k, v in load.items())
     notes.append(
         f"Cores busy while each figure ran, this run's own processes included (and cores "
