@@ -30,12 +30,13 @@ def test_public_names() -> None:
     """The names the API promises are exported, and nothing else by accident."""
     assert set(touchfile.__all__) == {
         "EXCLUSIVE", "SHARED", "Context", "LockCancelled", "LockError", "LockHolder",
-        "LockTimeout", "LockType", "TouchFile", "__version__",
+        "LockLost", "LockTimeout", "LockType", "TouchFile", "__version__",
     }  # fmt: skip
     assert [m.name for m in LockType] == ["SHARED", "EXCLUSIVE"]
     assert SHARED is LockType.SHARED and EXCLUSIVE is LockType.EXCLUSIVE
     assert issubclass(LockTimeout, LockError) and issubclass(LockTimeout, TimeoutError)
     assert issubclass(LockCancelled, LockError) and not issubclass(LockCancelled, TimeoutError)
+    assert issubclass(touchfile.LockLost, LockError)
 
 
 def test_native_core_is_built(mode: str) -> None:

@@ -10,7 +10,7 @@ Example::
 
 from . import _fork  # noqa: F401  (after fork(), in the child)
 from ._context import Context
-from ._errors import LockCancelled, LockError, LockTimeout
+from ._errors import LockCancelled, LockError, LockLost, LockTimeout
 from ._holders import LockHolder
 from ._kinds import EXCLUSIVE, SHARED, LockType
 from ._lock import TouchFile
@@ -23,6 +23,7 @@ __all__ = [
     "LockCancelled",
     "LockError",
     "LockHolder",
+    "LockLost",
     "LockTimeout",
     "LockType",
     "TouchFile",

@@ -11,6 +11,7 @@ exception.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
@@ -19,7 +20,7 @@ from typing import Any
 
 from ._backend import Backend, Waiter
 from ._context import Context, check_timeout
-from ._errors import LockCancelled, LockError, LockTimeout
+from ._errors import LockCancelled, LockError, LockLost, LockTimeout
 from ._kinds import EXCLUSIVE, SHARED, LockType, parse_kind
 from ._native import Outcome
 
@@ -74,8 +75,10 @@ class Locks:
         """A handle that may hold a lock (an acquisition that failed or was
         abandoned) goes back to the pool, unlocked: an exception may land
         after the lock was granted, and a pooled handle must hold nothing."""
+        end_hold(handle)
         if not handle.closed:
-            self.backend.release(handle)
+            with contextlib.suppress(LockLost):  # nobody was told it was held
+                self.backend.release(handle)
             if not handle.closed:  # release() may find the connection lost
                 self.idle.append(handle)
         if self.closed:  # close() may have drained the pool before our append
@@ -84,7 +87,9 @@ class Locks:
     def closed_while_taking(self, owner: object, handle: Any) -> LockError:
         """close() came as owner took the lock through handle: undo, and say so."""
         if self.held.pop(owner, None) is handle:
-            self.backend.release(handle)
+            end_hold(handle)
+            with contextlib.suppress(LockLost):
+                self.backend.release(handle)
             self.backend.close(handle)
         name = self.backend.name
         return LockError(f"{name} was closed while the lock was being taken", name)
@@ -107,7 +112,9 @@ class Locks:
                 _, handle = self.held.popitem()
             except KeyError:
                 break
-            self.backend.release(handle)
+            end_hold(handle)
+            with contextlib.suppress(LockLost):  # its holder learns it from release()
+                self.backend.release(handle)
             self.backend.close(handle)
         self.close_idle()
         self.backend.discard()
@@ -135,6 +142,29 @@ class Locks:
 
 
 instances: weakref.WeakSet[Locks] = weakref.WeakSet()
+
+
+def end_hold(handle: Any) -> None:
+    """The hold through handle is over: its held_context() ends."""
+    ctx = handle.ctx
+    if ctx is not None:
+        handle.ctx = None
+        ctx.cancel()
+
+
+def held_context(locks: Locks, owner: object) -> Context:
+    """The Context that ends when owner's hold ends (released, or lost)."""
+    handle = locks.held.get(owner)
+    if handle is None:
+        raise locks.not_held()
+    ctx: Context | None = handle.ctx
+    if ctx is None:
+        ctx = handle.ctx = Context.with_cancel()
+        # After the store: a hold lost meanwhile was either seen here, or
+        # its ctx by whoever marked it lost.
+        if handle.lost:
+            ctx.cancel()
+    return ctx
 
 
 def begin(

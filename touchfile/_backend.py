@@ -15,14 +15,23 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 if TYPE_CHECKING:
+    from ._context import Context
     from ._kinds import LockType
     from ._native import Outcome
 
 
 class Handle(Protocol):
+    # The holder's held_context(), once asked for: cancelled when the hold ends.
+    ctx: Context | None
+
     @property
     def closed(self) -> bool:
         """True once closed (it can then never be locked again)."""
+        ...
+
+    @property
+    def lost(self) -> bool:
+        """True once the lock held through it is known lost (never for a file)."""
         ...
 
 
@@ -73,7 +82,8 @@ class Backend(Protocol[H, W]):
         ...
 
     def release(self, handle: H) -> None:
-        """Give back the lock that handle holds (nothing if it holds none)."""
+        """Give back the lock that handle holds (nothing if it holds none).
+        Raises LockLost if the hold had been lost (and the handle is closed)."""
         ...
 
     def close(self, handle: H) -> None:

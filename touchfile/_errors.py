@@ -38,6 +38,12 @@ class LockTimeout(_WaitEnded, TimeoutError):
     _what = "timed out"
 
 
+class LockLost(LockError):
+    """The lock was lost while held: its PostgreSQL session ended (a server
+    restart, pg_terminate_backend(), a broken network), and the server may
+    have granted it to someone else since. release() raises it."""
+
+
 class LockCancelled(_WaitEnded):
     """The context of the wait was cancelled before the lock was free."""
 

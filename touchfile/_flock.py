@@ -30,6 +30,7 @@ import warnings
 from typing import Callable
 
 from . import _native
+from ._context import Context
 from ._errors import LockError
 from ._holders import LockHolder, holders
 from ._kinds import EXCLUSIVE, LockType
@@ -80,9 +81,12 @@ def choose(path: str | None, mode: int) -> FlockPolling:
 class FlockHandle:
     """One open file description of the lock file, and the file it was opened on."""
 
-    __slots__ = ("__weakref__", "closed", "dev", "fd", "ino", "writable")
+    __slots__ = ("__weakref__", "closed", "ctx", "dev", "fd", "ino", "writable")
+
+    lost = False  # a lock file's lock is never lost
 
     def __init__(self) -> None:
+        self.ctx: Context | None = None  # the holder's held_context(), once asked for
         self.fd = -1
         self.closed = True  # fd < 0 (a plain attribute: read on the hot path)
         self.dev = self.ino = 0

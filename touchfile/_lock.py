@@ -6,6 +6,7 @@ how a lock file is locked in _flock.py.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
@@ -14,10 +15,10 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from . import _flock
-from ._acquire import Locks, begin
+from ._acquire import Locks, begin, end_hold, held_context
 from ._backend import Backend
 from ._context import Context
-from ._errors import LockError
+from ._errors import LockError, LockLost
 from ._kinds import EXCLUSIVE, SHARED, LockType, parse_kind
 
 if TYPE_CHECKING:
@@ -76,17 +77,27 @@ class LockBase:
             request.finish()
 
     def release(self) -> None:
-        """Give back the lock this thread holds. Raises LockError if it holds none."""
+        """Give back the lock this thread holds. Raises LockError if it holds
+        none, and LockLost if its hold had been lost (a PostgresLock's)."""
         # Locks.give_back(), inline: one call less on every release.
         locks = self._locks
         handle = locks.held.pop(self._owner() if self._async else _get_ident(), None)
         if handle is None:
             raise locks.not_held()
-        locks.backend.release(handle)
+        if handle.ctx is not None:
+            end_hold(handle)
+        locks.backend.release(handle)  # LockLost, if the hold had been lost
         if not handle.closed:
             locks.idle.append(handle)
         if locks.closed:  # close() may have drained the pool before our append
             locks.close_idle()
+
+    def held_context(self) -> Context:
+        """A Context that ends when this thread's (or task's) hold ends:
+        cancelled when the lock is released, or lost (a PostgresLock's
+        session ended). Pass it to the waits of the work done under the lock,
+        or check its .cancelled. Raises LockError if no lock is held."""
+        return held_context(self._locks, self._owner())
 
     def locked(self) -> bool:
         """True when the calling thread (or asyncio task) holds a lock through this object."""
@@ -295,7 +306,11 @@ class _Guard(Generic[L]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._tf.release()
+        if exc_type is None:
+            self._tf.release()
+            return
+        with contextlib.suppress(LockLost):  # the block's own exception goes on
+            self._tf.release()
 
 
 class _AsyncGuard(_Guard[L]):
@@ -313,4 +328,8 @@ class _AsyncGuard(_Guard[L]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self._tf._release_async()
+        if exc_type is None:
+            await self._tf._release_async()
+            return
+        with contextlib.suppress(LockLost):
+            await self._tf._release_async()
