@@ -254,6 +254,14 @@ class Server:
         """Restart the server (pg_ctl restart -m MODE), with the same settings."""
         self._pg_ctl("restart", "-m", mode, "-w", "-t", "60")
 
+    def down(self) -> None:
+        """Stop the server (pg_ctl stop -m fast), keeping it to start again with up()."""
+        self._pg_ctl("stop", "-m", "fast", "-w", "-t", "60")
+
+    def up(self) -> None:
+        """Start the server again after down()."""
+        self._pg_ctl("start", "-w", "-t", "60")
+
     def stop(self) -> None:
         """Stop the server at once (-m immediate) and remove its directories; safe twice."""
         if self._stopped:

@@ -44,6 +44,7 @@ EX_NOINPUT = 66  # the lock file cannot be opened (or read, for --holders)
 EX_UNAVAILABLE = 69  # the command cannot be executed; --holders unsupported here
 EX_OSERR = 71  # out of memory or descriptors
 EX_CANTCREAT = 73  # read-only file system, or no space
+EX_PROTOCOL = 76  # the PostgreSQL lock was lost while the command ran
 EX_NOPERM = 77  # PostgreSQL refused us (authentication)
 EX_CONFIG = 78  # a bad TOUCHFILE_* environment variable
 # PostgreSQL cannot be reached (refused, DNS, TLS, lost), or the psycopg
@@ -162,19 +163,43 @@ def _run(args: argparse.Namespace, ignored: set[int]) -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     tf = _open(args.lockfile)
     watched = {*STOP_SIGNALS, signal.Signals.SIGCHLD}
+    lost: _Lost | None = None
+    if tf._locks.backend.remote:
+        watched.add(signal.Signals.SIGALRM)  # from _Lost: the lock was lost
     try:
         pid = _wait_then_spawn(tf, args, watched, ignored)
+        if tf._locks.backend.remote:
+            lost = _Lost(tf)
     except BaseException:
         tf.close()
         raise
-    wait_status = _supervise(pid, watched, ignored)
+    wait_status = _supervise(pid, watched, ignored, lost, args.keep_running, tf)
+    was_lost = lost is not None and lost.fired  # before close() ends the hold too
     if args.close or tf._locks.backend.remote:
         tf.close()
     # Otherwise touchfile exits without unlocking, as flock(1) does: the
     # command shares the locked description, and whatever it left running
     # with the descriptor (a daemon, say) still holds the lock.
+    if was_lost:
+        return EX_PROTOCOL
     code = os.waitstatus_to_exitcode(wait_status)
     return 128 - code if code < 0 else code
+
+
+class _Lost:
+    """Tells the main thread (SIGALRM, which it takes with sigwaitinfo())
+    when the held lock's context ends: while the command runs, only a loss
+    ends it."""
+
+    def __init__(self, lk: LockBase) -> None:
+        self.fired = False
+        self.main = threading.get_ident()
+        if not lk.held_context()._attach(self):
+            self.cancel(None)  # lost already
+
+    def cancel(self, reason: object) -> None:  # from the watcher's thread
+        self.fired = True
+        signal.pthread_kill(self.main, signal.SIGALRM)
 
 
 def _open(lockfile: str) -> LockBase:
@@ -379,12 +404,30 @@ def _spawn(tf: LockBase, argv: list[str], mask: Iterable[int], inherit: bool) ->
         raise
 
 
-def _supervise(pid: int, watched: set[signal.Signals], ignored: set[int]) -> int:
-    """Wait for the command, passing the stop signals on; returns its wait status."""
+def _supervise(
+    pid: int,
+    watched: set[signal.Signals],
+    ignored: set[int],
+    lost: _Lost | None,
+    keep_running: bool,
+    lk: LockBase,
+) -> int:
+    """Wait for the command, passing the stop signals on, and ending it if a
+    PostgreSQL lock is lost; returns its wait status."""
+    told = False
     while True:
         info = signal.sigwaitinfo(watched)
         if info.si_signo in ignored:
             continue  # ignored when touchfile started: the command ignores it too
+        if info.si_signo == signal.SIGALRM:
+            if lost is not None and lost.fired and not told:
+                told = True
+                then = "leaving it running" if keep_running else "sending it SIGTERM"
+                say(f"lost the lock on {lk._locks.backend.name} while the command ran; {then}")
+                if not keep_running:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGTERM)
+            continue
         if info.si_signo != signal.SIGCHLD:
             # A signal the kernel sent to the foreground process group
             # (Ctrl-C at the terminal) reached the command already: sending

@@ -32,7 +32,10 @@ LOCKFILE may be a lock on PostgreSQL instead, postgresql://user@host/db#NAME
 (or postgres://), shared by every host that uses the database: the lock is
 held by touchfile's own session while the command runs, and ends with it,
 even if touchfile is killed. Then 69 means the server cannot be reached, and
-77 that it refused us. NAME is hashed as hashtextextended('NAME', 0)."""
+77 that it refused us. NAME is hashed as hashtextextended('NAME', 0). If the
+lock is lost while the command runs (its session ended), touchfile says so
+and sends the command SIGTERM (--keep-running: leaves it running), then
+exits 76 once the command has ended."""
 
 EPILOG = """\
 examples:
@@ -107,6 +110,8 @@ def _parser() -> _Parser:
         help="run SHELL COMMAND with sh -c")  # fmt: skip
     add("-v", "--verbose", action="store_true",
         help="say on stderr who holds the lock once the wait passes 1 s")  # fmt: skip
+    add("--keep-running", action="store_true",
+        help="if a PostgreSQL lock is lost as the command runs, do not SIGTERM it")  # fmt: skip
     add("--holders", action="store_true",
         help="list the processes holding a lock on LOCKFILE, and exit")  # fmt: skip
     add("-V", "--version", action="version", version=f"touchfile {__version__}")

@@ -24,6 +24,7 @@ session, and the try counts as busy.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import math
 import os
@@ -39,12 +40,30 @@ from urllib.parse import quote
 import psycopg
 from psycopg import pq
 
-from ._errors import LockError
+from ._context import Context
+from ._errors import LockError, LockLost
 from ._kinds import EXCLUSIVE, SHARED, LockType
 from ._native import Outcome
 
 RESEND = 0.1
 GRACE = 2.0
+# A wait whose session ends (a server restart) connects again, backing off
+# from RECONNECT_FIRST to RECONNECT_MAX seconds between tries.
+RECONNECT_FIRST = 0.05
+RECONNECT_MAX = 1.0
+# How a session cut off by a silent network is found out, unless the DSN
+# says otherwise (libpq's keepalives_* and tcp_user_timeout): no packet for
+# KEEPALIVE_IDLE s, then KEEPALIVE_COUNT probes KEEPALIVE_INTERVAL s apart
+# (11 s); data unacknowledged for TCP_USER_TIMEOUT s. The server is told to
+# give up SERVER_LATER s after that, so that the holder learns it lost before
+# the server can grant the lock to anyone else.
+KEEPALIVE_IDLE = 5
+KEEPALIVE_INTERVAL = 2
+KEEPALIVE_COUNT = 3
+TCP_USER_TIMEOUT = 10
+SERVER_LATER = 5
+# The fencing tokens' table: one row per key that has handed out a token.
+FENCING_TABLE = "public.touchfile_fencing"
 
 _monotonic = time.monotonic
 
@@ -72,6 +91,13 @@ _SETUP = (
 _SETUP_14 = ", pg_catalog.set_config('idle_session_timeout', '0', false)"  # PostgreSQL 14+
 _SETUP_17 = ", pg_catalog.set_config('transaction_timeout', '0', false)"  # PostgreSQL 17+
 _HASH = ", pg_catalog.hashtextextended($1, 0)"
+_FENCE = (
+    f"INSERT INTO {FENCING_TABLE} AS f (key, token) VALUES ($1, 1) "
+    "ON CONFLICT (key) DO UPDATE SET token = f.token + 1 RETURNING f.token"
+).encode()
+_FENCE_TABLE = (
+    f"CREATE TABLE IF NOT EXISTS {FENCING_TABLE} (key bigint PRIMARY KEY, token bigint NOT NULL)"
+).encode()
 _HOLDERS = b"""
 SELECT l.pid, l.mode, a.client_addr, a.client_port, a.application_name
 FROM pg_catalog.pg_locks l LEFT JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
@@ -83,6 +109,7 @@ ORDER BY l.pid
 """
 
 _QUERY_CANCELED = b"57014"
+_UNDEFINED_TABLE = b"42P01"
 _LOCK_NOT_AVAILABLE = b"55P03"
 _INT64 = range(-(2**63), 2**63)
 _MAX_MS = 2**31 - 1  # the longest lock_timeout, and poll() timeout: 24.8 days
@@ -110,7 +137,22 @@ class PostgresHolder(NamedTuple):
 class PgHandle:
     """One connection (one server session), and the process that opened it."""
 
-    __slots__ = ("__weakref__", "closed", "conn", "holds", "pending", "pgconn", "pid", "sock")
+    __slots__ = (
+        "__weakref__",
+        "closed",
+        "conn",
+        "ctx",
+        "holds",
+        "kind",
+        "lost",
+        "pending",
+        "pgconn",
+        "pid",
+        "sock",
+        "token",
+        "watched",
+        "why",
+    )
 
     def __init__(self) -> None:
         self.conn: psycopg.Connection[tuple[object, ...]] | None = None
@@ -118,6 +160,12 @@ class PgHandle:
         self.sock = -1
         self.pid = 0
         self.holds = False  # the session may hold the lock: release() unlocks
+        self.kind: LockType = EXCLUSIVE  # of the lock held
+        self.lost = False  # the session ended while it held the lock
+        self.watched = False  # by _watcher, while it holds the lock
+        self.ctx: Context | None = None  # the holder's held_context(), once asked for
+        self.token: int | None = None  # the hold's fencing token, once asked for
+        self.why = ""  # how the session ended, once lost
         # A cancel request still on its way: the next statement waits for
         # it, which it could otherwise cancel.
         self.pending: _Cancel | None = None
@@ -125,10 +173,12 @@ class PgHandle:
     def attach(self, conn: psycopg.Connection[tuple[object, ...]]) -> None:
         self.conn, self.pgconn = conn, conn.pgconn
         self.sock, self.pid, self.closed = conn.pgconn.socket, os.getpid(), False
-        self.holds, self.pending = False, None
+        self.holds, self.pending, self.lost = False, None, False
 
     def close(self) -> None:
         """End the session (and with it every lock it holds)."""
+        if self.watched:
+            _watcher().unwatch(self)
         conn, self.conn = self.conn, None
         self.closed = True
         if self.pending is not None:
@@ -202,6 +252,25 @@ class PostgresBackend:
         self._params = {o.keyword.decode(): o.val.decode() for o in _defaults() if o.val}
         self._params.update({k: str(v) for k, v in given.items() if v is not None})
         self._own_name = "application_name" not in self._params
+        defaults = {
+            "keepalives": 1,
+            "keepalives_idle": KEEPALIVE_IDLE,
+            "keepalives_interval": KEEPALIVE_INTERVAL,
+            "keepalives_count": KEEPALIVE_COUNT,
+            "tcp_user_timeout": TCP_USER_TIMEOUT * 1000,
+        }
+        self._keepalives = {k: v for k, v in defaults.items() if k not in self._params}
+        # The server's side of it: SERVER_LATER s after ours gives up.
+        idle = int(self._params.get("keepalives_idle", KEEPALIVE_IDLE)) + SERVER_LATER
+        user_ms = int(self._params.get("tcp_user_timeout", TCP_USER_TIMEOUT * 1000))
+        self._server_keepalives = (
+            f", pg_catalog.set_config('tcp_keepalives_idle', '{idle}', false)"
+            f", pg_catalog.set_config('tcp_keepalives_interval', "
+            f"'{self._params.get('keepalives_interval', KEEPALIVE_INTERVAL)}', false)"
+            f", pg_catalog.set_config('tcp_keepalives_count', "
+            f"'{self._params.get('keepalives_count', KEEPALIVE_COUNT)}', false)"
+            f", pg_catalog.set_config('tcp_user_timeout', '{user_ms + SERVER_LATER * 1000}', false)"
+        )
         self.name = _url(self._params, lock)
         self._named = False  # True once name says where libpq connected
         self._info: PgHandle | None = None  # holders()' own connection
@@ -226,6 +295,8 @@ class PostgresBackend:
         # The server hashes the name after converting it from the client's
         # encoding: every client must send it alike to get the same key.
         extra["client_encoding"] = "UTF8"
+        for name, value in self._keepalives.items():
+            extra[name] = str(value)
         try:
             conninfo = psycopg.conninfo.make_conninfo(self._dsn, **extra)
             conn = psycopg.connect(conninfo, autocommit=True)
@@ -234,7 +305,7 @@ class PostgresBackend:
         handle.attach(conn)
         try:
             version = conn.pgconn.server_version
-            setup = _SETUP + (_SETUP_14 if version >= 140000 else "")
+            setup = _SETUP + self._server_keepalives + (_SETUP_14 if version >= 140000 else "")
             setup += _SETUP_17 if version >= 170000 else ""
             if self.key is None:
                 assert isinstance(self.lock, str)
@@ -258,62 +329,166 @@ class PostgresBackend:
         except ConnectionError:
             # An idle pooled connection that the server ended (a restart, an
             # idle timeout): once more, on a new one.
-            self._connect(handle)
+            try:
+                self._connect(handle)
+            except ConnectionError:
+                if deadline > _monotonic():
+                    return False  # as busy: the wait reconnects until the deadline
+                raise
             row = self._query(handle, _TRY[kind], key, [_INT8], deadline)
-        handle.holds = bool(row) and row[0] == b"t"  # no row: silent past the deadline
-        return handle.holds
+        if bool(row) and row[0] == b"t":  # no row: silent past the deadline
+            self._granted(handle, kind)
+            return True
+        return False
+
+    def _granted(self, handle: PgHandle, kind: LockType) -> None:
+        handle.holds, handle.kind, handle.token = True, kind, None
+        _watcher().watch(handle)
 
     def waiter(self, deadline: float) -> PgWaiter:
         return PgWaiter(deadline)
 
     def wait(self, handle: PgHandle, kind: LockType, waiter: PgWaiter) -> Outcome:
-        remaining = waiter.deadline - _monotonic()
-        if remaining <= 0:
-            return Outcome.DEADLINE
-        # lock_timeout is in whole milliseconds, and 0 turns it off (for no
-        # deadline, or one beyond its range: then this side ends the wait).
-        ms = max(1, math.ceil(remaining * 1000)) if remaining * 1000 <= _MAX_MS else 0
         wake, poke = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         try:
             with waiter.mutex:
                 if waiter.reason is not None:
                     return waiter.reason
                 waiter.wake = poke
-            try:
-                self._send(handle, _WAIT[kind], [self._key(), b"%d" % ms], [_INT8, _TEXT])
-                late = GRACE if ms > 0 else 0.0  # the server's lock_timeout, or ours
-                answered = self._answer(handle, waiter.deadline, late, waiter, wake)
-                if answered:
-                    self._result(handle)
-                    handle.holds = True
-            except _Refused as refused:
-                if refused.state == _LOCK_NOT_AVAILABLE:
-                    return Outcome.DEADLINE
-                if refused.state == _QUERY_CANCELED and waiter.reason is not None:
-                    return waiter.reason
-                raise self._error(refused) from None
-            except BaseException:
-                if not handle.closed:  # KeyboardInterrupt, say: end the wait, then the session
-                    with contextlib.suppress(Exception):
-                        _Cancel(handle).finish(_monotonic() + 0.5)
-                    handle.close()
-                raise
+            delay = RECONNECT_FIRST
+            while True:
+                if handle.closed:  # the server restarted, say: wait on a new session
+                    outcome = self._reconnect(handle, waiter, wake, delay)
+                    if outcome is not None:
+                        return outcome
+                    delay = min(delay * 2, RECONNECT_MAX)
+                try:
+                    return self._wait_once(handle, kind, waiter, wake)
+                except ConnectionError:
+                    if waiter.reason is not None:
+                        return waiter.reason
+                    # The session ended as it waited: a restart is not a
+                    # failure of the wait, which goes on until its deadline.
         finally:
             with waiter.mutex:
                 waiter.wake = -1
             os.close(wake)
             os.close(poke)
-        if not answered:  # no answer GRACE seconds on: the session is closed
-            return waiter.reason or Outcome.DEADLINE
+
+    def _reconnect(
+        self, handle: PgHandle, waiter: PgWaiter, wake: int, delay: float
+    ) -> Outcome | None:
+        """Connect handle again, backing off by delay (until the deadline,
+        or a cancel): None once connected, else why the wait ends."""
+        while True:
+            try:
+                self._connect(handle)
+                return None
+            except ConnectionError:
+                pass
+            until = min(_monotonic() + delay, waiter.deadline)
+            if _poll([(wake, select.POLLIN)], until):
+                os.read(wake, 64)
+            if waiter.reason is not None:
+                return waiter.reason
+            if waiter.deadline <= _monotonic():
+                return Outcome.DEADLINE
+            delay = min(delay * 2, RECONNECT_MAX)
+
+    def _wait_once(self, handle: PgHandle, kind: LockType, waiter: PgWaiter, wake: int) -> Outcome:
+        """One wait statement on handle's session. Raises ConnectionError if
+        the session ends."""
+        remaining = waiter.deadline - _monotonic()
+        if waiter.reason is not None:
+            return waiter.reason
+        if remaining <= 0:
+            return Outcome.DEADLINE
+        # lock_timeout is in whole milliseconds, and 0 turns it off (for no
+        # deadline, or one beyond its range: then this side ends the wait).
+        ms = max(1, math.ceil(remaining * 1000)) if remaining * 1000 <= _MAX_MS else 0
+        try:
+            self._send(handle, _WAIT[kind], [self._key(), b"%d" % ms], [_INT8, _TEXT])
+            late = GRACE if ms > 0 else 0.0  # the server's lock_timeout, or ours
+            if not self._answer(handle, waiter.deadline, late, waiter, wake):
+                return waiter.reason or Outcome.DEADLINE  # silent: the session is closed
+            self._result(handle)
+        except _Refused as refused:
+            if refused.state == _LOCK_NOT_AVAILABLE:
+                return Outcome.DEADLINE
+            if refused.state == _QUERY_CANCELED and waiter.reason is not None:
+                return waiter.reason
+            raise self._error(refused) from None
+        except ConnectionError:
+            raise
+        except BaseException:
+            if not handle.closed:  # KeyboardInterrupt, say: end the wait, then the session
+                with contextlib.suppress(Exception):
+                    _Cancel(handle).finish(_monotonic() + 0.5)
+                handle.close()
+            raise
+        self._granted(handle, kind)
         return Outcome.OK
 
     def release(self, handle: PgHandle) -> None:
+        if handle.watched:
+            _watcher().unwatch(handle)  # from here on, only this thread uses handle
+        if handle.lost:
+            raise self._lost_hold(handle.why)  # handle is closed: it never holds again
         if handle.closed or not handle.holds:
             return
-        # If the session has ended, so have its locks (and handle is closed).
-        with contextlib.suppress(ConnectionError):
+        try:
             self._query(handle, _RELEASE, [], [])
-            handle.holds = False
+        except ConnectionError as error:  # the session ended, and its lock with it
+            raise self._lost_hold(str(error)) from None
+        handle.holds = False
+
+    def _lost_hold(self, why: str) -> LockLost:
+        return LockLost(f"the lock on {self.name} was lost while held: {why}", self.name)
+
+    def fencing_token(self, handle: PgHandle) -> int:
+        """The hold's fencing token: one more than the last one handed out
+        for this key (kept in FENCING_TABLE). Raises LockLost, or LockError
+        when the table cannot be used (naming the privilege to grant)."""
+        if handle.token is not None:
+            return handle.token
+        if handle.kind is not EXCLUSIVE:
+            raise LockError(f"only an exclusive hold on {self.name} has a fencing token", self.name)
+        if handle.watched:
+            _watcher().unwatch(handle)
+        try:
+            if handle.lost or handle.closed:
+                raise self._lost_hold(handle.why)
+            try:
+                row = self._fence(handle)
+            except ConnectionError as error:
+                raise self._lost_hold(str(error)) from None
+        finally:
+            if not handle.closed:
+                _watcher().watch(handle)
+        handle.token = int(row[0] or b"")
+        return handle.token
+
+    def _fence(self, handle: PgHandle) -> list[bytes | None]:
+        key = [self._key()]
+        try:
+            return self._rows_or_refused(handle, _FENCE, key, [_INT8])
+        except _Refused as refused:
+            if refused.state != _UNDEFINED_TABLE:
+                raise self._fencing_error(refused) from None
+        try:
+            self._rows_or_refused(handle, _FENCE_TABLE, [], [])
+            return self._rows_or_refused(handle, _FENCE, key, [_INT8])
+        except _Refused as refused:
+            raise self._fencing_error(refused) from None
+
+    def _fencing_error(self, refused: _Refused) -> LockError:
+        return LockError(
+            f"no fencing token for {self.name}: {refused.message}. The lock is held, "
+            f"without a token. To hand out tokens, have the table's owner run: "
+            f"{_FENCE_TABLE.decode()}; GRANT SELECT, INSERT, UPDATE ON {FENCING_TABLE} TO "
+            f"{self._params.get('user') or 'the role'}",
+            self.name,
+        )
 
     def close(self, handle: PgHandle) -> None:
         handle.close()
@@ -406,6 +581,21 @@ class PostgresBackend:
             [result.get_value(row, col) for col in range(result.nfields)]
             for row in range(result.ntuples)
         ]
+
+    def _rows_or_refused(
+        self, handle: PgHandle, sql: bytes, params: list[bytes], types: list[int]
+    ) -> list[bytes | None]:
+        """_query(), but a server error is raised as _Refused."""
+        try:
+            self._send(handle, sql, params, types)
+            self._answer(handle, math.inf, GRACE)
+            result = self._result(handle)
+        except _Refused:
+            raise
+        except BaseException:
+            handle.close()
+            raise
+        return [result.get_value(0, col) for col in range(result.nfields)]
 
     def _send(self, handle: PgHandle, sql: bytes, params: list[bytes], types: list[int]) -> None:
         if handle.pending is not None:  # it must not reach the server after sql does
@@ -572,6 +762,88 @@ class _Cancel:
         self.done, self.fd = True, -1
         if conn is not None:
             conn.finish()
+
+
+class _Watcher:
+    """One thread of the process's own that watches the sessions holding a
+    lock, and marks a session lost the moment its connection ends (the
+    server's FATAL and close, a reset, a keepalive timeout): its holder's
+    held_context() is cancelled, and release() raises LockLost. A session is
+    watched only between statements: its holder unwatches it (which waits
+    for a look in progress) before using it."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.mutex = threading.Lock()
+        self.epoll = select.epoll()
+        self.watched: dict[int, PgHandle] = {}
+        self.running = False
+
+    def watch(self, handle: PgHandle) -> None:
+        with self.mutex:
+            self.epoll.register(handle.sock, select.EPOLLIN | select.EPOLLRDHUP)
+            self.watched[handle.sock] = handle
+            handle.watched = True
+            if not self.running:
+                self.running = True
+                _thread.start_new_thread(self.run, ())
+
+    def unwatch(self, handle: PgHandle) -> None:
+        with self.mutex:
+            if handle.watched:
+                handle.watched = False
+                # Not there in a forked child: the parent's watcher had it.
+                if self.watched.get(handle.sock) is handle:
+                    del self.watched[handle.sock]
+                    with contextlib.suppress(OSError):
+                        self.epoll.unregister(handle.sock)
+
+    def run(self) -> None:
+        while True:
+            events = self.epoll.poll()
+            lost = []
+            with self.mutex:
+                for fd, _ in events:
+                    handle = self.watched.get(fd)
+                    if handle is None or _alive(handle):
+                        continue
+                    handle.watched = False
+                    del self.watched[fd]
+                    with contextlib.suppress(OSError):  # libpq closed it, on EOF
+                        self.epoll.unregister(fd)
+                    handle.lost = True
+                    handle.close()
+                    lost.append(handle)
+            for handle in lost:  # after handle.lost: see held_context()
+                ctx = handle.ctx
+                if ctx is not None:
+                    ctx.cancel()
+
+
+def _alive(handle: PgHandle) -> bool:
+    """Is the session still there? (Reads what the server sent: its FATAL.)"""
+    pgconn = handle.pgconn
+    try:
+        pgconn.consume_input()
+    except psycopg.OperationalError as error:
+        handle.why = _message(error)
+        return False
+    if pgconn.status == pq.ConnStatus.BAD:
+        handle.why = _message(pgconn.error_message) or "the connection was closed"
+        return False
+    return True
+
+
+_the_watcher: _Watcher | None = None
+
+
+def _watcher() -> _Watcher:
+    """The process's watcher (a new one in a forked child: threads do not fork)."""
+    global _the_watcher
+    watcher = _the_watcher
+    if watcher is None or watcher.pid != os.getpid():
+        watcher = _the_watcher = _Watcher()
+    return watcher
 
 
 def _poll(watch: list[tuple[int, int]], until: float) -> list[tuple[int, int]]:

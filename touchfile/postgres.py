@@ -73,6 +73,21 @@ class PostgresLock(LockBase):
         state = "closed" if locks.closed else f"held by {len(locks.held)} thread(s)"
         return f"<PostgresLock {self.url!r} {state}>"
 
+    def fencing_token(self) -> int:
+        """During an exclusive hold: an integer greater than the token of
+        every earlier exclusive grant of this lock that asked for one, by any
+        client of the server, restarts included. Pass it with every write to
+        the storage the lock guards, and have the storage refuse a token
+        smaller than the largest it has seen (README: Fencing tokens).
+
+        One round trip, the first time in a hold. Raises LockError when no
+        exclusive lock is held, or when the table of tokens cannot be used
+        (saying what to grant: the lock stays held), and LockLost."""
+        handle = self._locks.held.get(self._owner())
+        if handle is None:
+            raise self._locks.not_held()
+        return self._backend.fencing_token(handle)
+
     def holders(self) -> list[PostgresHolder]:
         """The sessions holding this lock now, in this database: each a
         PostgresHolder(pid, kind, client, application), pid being the server

@@ -1,0 +1,257 @@
+"""Locks that are lost while held: held_context(), LockLost and fencing tokens,
+under a terminated session, a server restart, a stopped holder, and the command."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+import time
+import uuid
+
+import psycopg
+import pytest
+from helpers import TOUCHFILE, Holder, hold, wait_until
+from pgserver import External, Server
+
+from touchfile import LockError, LockLost, LockTimeout, TouchFile
+from touchfile.postgres import PostgresLock
+
+Pg = Server | External
+
+
+@pytest.fixture
+def name() -> str:
+    return f"lost-{uuid.uuid4()}"
+
+
+@pytest.fixture
+def own_server(pg_server: Pg) -> Server:
+    if not isinstance(pg_server, Server):
+        pytest.skip("terminates sessions of, and restarts, the suite's own server")
+    return pg_server
+
+
+def session_of(lk: PostgresLock) -> int:
+    """The server pid of the session through which this thread holds lk."""
+    handle = lk._locks.held[threading.get_ident()]
+    pid: int = handle.pgconn.backend_pid
+    return pid
+
+
+def terminate(dsn: str, pid: int) -> float:
+    """pg_terminate_backend(pid); the time.monotonic() when it returned."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        return time.monotonic()
+
+
+def test_file_lock_held_context_ends_on_release(lock_path: str) -> None:
+    """A TouchFile's held context: live while held, cancelled by release();
+    each hold has its own; none without a hold."""
+    with TouchFile(lock_path) as tf:
+        with pytest.raises(LockError, match="holds no lock"):
+            tf.held_context()
+        tf.acquire()
+        ctx = tf.held_context()
+        assert tf.held_context() is ctx and not ctx.cancelled
+        tf.release()
+        assert ctx.cancelled
+        with tf.lock():
+            again = tf.held_context()
+            assert again is not ctx and not again.cancelled
+        assert again.cancelled
+
+
+def test_terminated_holder_learns_within_100_ms(own_server: Server, name: str) -> None:
+    """pg_terminate_backend() of a holder's session: its held context ends
+    within 100 ms, a waiter takes the lock, and release() raises LockLost."""
+    dsn = own_server.dsn
+    with PostgresLock(name, dsn) as a, PostgresLock(name, dsn) as b:
+        a.acquire()
+        ctx = a.held_context()
+        got: list[float] = []
+
+        def wait() -> None:
+            b.acquire(timeout=10)
+            got.append(time.monotonic())
+            b.release()
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        time.sleep(0.2)
+        assert not got and not ctx.cancelled
+        ended = terminate(dsn, session_of(a))
+        wait_until(lambda: ctx.cancelled, timeout=5)
+        learned = time.monotonic() - ended
+        waiter.join(10)
+        assert got
+        assert learned < 0.1, f"the holder learned {learned * 1000:.0f} ms after"
+        with pytest.raises(LockLost, match="was lost while held"):
+            a.release()
+        with pytest.raises(LockError, match="holds no lock"):
+            a.release()
+        a.acquire(timeout=5)  # a new session
+        a.release()
+
+
+def test_lock_block_raises_lost_on_exit_unless_already_raising(
+    own_server: Server, name: str
+) -> None:
+    """with lk.lock(): a lost hold raises LockLost on exit, but never hides
+    the block's own exception."""
+    dsn = own_server.dsn
+    with PostgresLock(name, dsn) as lk:
+        with pytest.raises(LockLost), lk.lock():
+            terminate(dsn, session_of(lk))
+            wait_until(lambda: lk.held_context().cancelled)
+        with pytest.raises(ZeroDivisionError), lk.lock():
+            terminate(dsn, session_of(lk))
+            wait_until(lambda: lk.held_context().cancelled)
+            1 / 0  # noqa: B018
+        assert not lk.locked()
+
+
+def test_restart_holders_learn_waiters_wait_on(own_server: Server, name: str) -> None:
+    """pg_ctl restart -m fast: the holder learns it lost; a waiter keeps
+    waiting across the restart (reconnecting) and then takes the lock."""
+    dsn = own_server.dsn
+    with PostgresLock(name, dsn) as a, PostgresLock(name, dsn) as b:
+        a.acquire()
+        ctx = a.held_context()
+        result: list[object] = []
+
+        def wait() -> None:
+            try:
+                b.acquire(timeout=30)
+                result.append(time.monotonic())
+                b.release()
+            except BaseException as error:
+                result.append(error)
+
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        time.sleep(0.2)
+        own_server.restart("fast")
+        restarted = time.monotonic()
+        waiter.join(30)
+        assert ctx.cancelled
+        assert len(result) == 1 and isinstance(result[0], float), result
+        assert result[0] - restarted < 5
+        with pytest.raises(LockLost):
+            a.release()
+
+
+def test_server_down_does_not_fail_a_wait_before_its_deadline(
+    own_server: Server, name: str
+) -> None:
+    """The server goes down as a wait blocks: the wait reconnects, backing
+    off, until its deadline (LockTimeout then, not a ConnectionError)."""
+    dsn = own_server.dsn
+    with PostgresLock(name, dsn) as holder, PostgresLock(name, dsn) as lk:
+        holder.acquire()
+        errors: list[BaseException] = []
+
+        def wait() -> None:
+            try:
+                lk.acquire(timeout=1.5)
+            except BaseException as error:
+                errors.append(error)
+
+        start = time.monotonic()
+        waiter = threading.Thread(target=wait)
+        waiter.start()
+        time.sleep(0.3)
+        own_server.down()
+        try:
+            waiter.join(10)
+            ended = time.monotonic() - start
+        finally:
+            own_server.up()
+        assert len(errors) == 1 and type(errors[0]) is LockTimeout, errors
+        assert 1.45 < ended < 3
+        with pytest.raises(LockLost):
+            holder.release()
+
+
+def test_stopped_holder_keeps_its_lock(
+    pg_server: Pg, pg_dsn: str, name: str, holders: list[Holder]
+) -> None:
+    """A holder SIGSTOPped for 3 s still holds its lock after SIGCONT: a
+    session that is only slow is not lost (its release works)."""
+    holder = hold(holders, pg_server.url(name), tool="postgres")
+    holder.proc.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(3)
+        with PostgresLock(name, pg_dsn) as probe, pytest.raises(LockTimeout):
+            probe.acquire(timeout=0.1)
+    finally:
+        holder.proc.send_signal(signal.SIGCONT)
+    holder.release()  # a LockLost in the holder would end it without a time
+
+
+def test_fencing_tokens_increase_across_objects_and_restarts(own_server: Server, name: str) -> None:
+    """Each exclusive hold that asks gets a token above every earlier one,
+    from any object, after a restart too; a shared hold has none."""
+    dsn = own_server.dsn
+    tokens = []
+    with PostgresLock(name, dsn) as a, PostgresLock(name, dsn) as b:
+        for lk in (a, b, a):
+            with lk.lock():
+                tokens.append(lk.fencing_token())
+                assert lk.fencing_token() == tokens[-1]  # one per hold
+        own_server.restart("fast")
+        with b.lock(timeout=5):
+            tokens.append(b.fencing_token())
+        with a.lock("shared"), pytest.raises(LockError, match="only an exclusive hold"):
+            a.fencing_token()
+        with pytest.raises(LockError, match="holds no lock"):
+            a.fencing_token()
+    assert tokens == sorted(set(tokens)) and len(tokens) == 4
+
+
+def test_fencing_without_privileges_says_what_to_grant(own_server: Server, name: str) -> None:
+    """A role that may not use the tokens' table gets a LockError saying what
+    to grant, and keeps its lock."""
+    with PostgresLock(name, own_server.dsn) as admin, admin.lock():
+        admin.fencing_token()  # the table exists
+    role = "touchfile_no_tokens"
+    own_server.psql(f"DROP ROLE IF EXISTS {role}; CREATE ROLE {role} LOGIN")
+    dsn = f"host={own_server.host} port={own_server.port} user={role} dbname=postgres"
+    with PostgresLock(name, dsn) as lk, lk.lock():
+        with pytest.raises(LockError) as caught:
+            lk.fencing_token()
+        message = str(caught.value)
+        assert "permission denied" in message and "The lock is held, without a token" in message
+        assert f"GRANT SELECT, INSERT, UPDATE ON public.touchfile_fencing TO {role}" in message
+        assert lk.locked()
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_command_says_lost_and_ends_its_command(own_server: Server, name: str, keep: bool) -> None:
+    """The command's lock is lost as its command runs: touchfile says so, sends
+    the command SIGTERM (or, with --keep-running, lets it finish), and exits 76."""
+    url = own_server.url(name)
+    script = "echo ran; sleep 1.5; echo finished" if keep else "echo ran; exec sleep 30"
+    args = [TOUCHFILE, *(["--keep-running"] if keep else []), url, "sh", "-c", script]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "ran\n"
+        app = f"touchfile pid {proc.pid} on %"
+        pid = own_server.psql(
+            f"SELECT pid FROM pg_stat_activity WHERE application_name LIKE '{app}'"
+        )
+        start = terminate(own_server.dsn, int(pid))
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 76
+    assert "lost the lock on postgresql://" in err
+    if keep:
+        assert "leaving it running" in err and out == "finished\n"
+    else:
+        assert "sending it SIGTERM" in err and out == ""
+        assert time.monotonic() - start < 1.5
