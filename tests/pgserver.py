@@ -102,8 +102,12 @@ class Server:
     user = "postgres"
     dbname = "postgres"
 
-    def __init__(self, bin_dir: str, work_dir: str, port: int) -> None:
+    def __init__(
+        self, bin_dir: str, work_dir: str, port: int, netns: str | None = None, listen: str = ""
+    ) -> None:
         """Use Server.start(); this only names the parts."""
+        self.netns = netns  # the network namespace it runs in (None: ours)
+        self.listen = listen or "127.0.0.1"
         self.bin_dir = bin_dir
         self.work_dir = work_dir  # removed by stop()
         self.data_dir = os.path.join(work_dir, "data")
@@ -115,20 +119,27 @@ class Server:
         self._stopped = False
 
     @classmethod
-    def start(cls, base_dir: str) -> Server:
+    def start(
+        cls, base_dir: str, *, netns: str | None = None, listen: str = "", trust: str = ""
+    ) -> Server:
         """Make a data directory in a fresh directory in base_dir, initdb it and
-        start the server (RuntimeError, with the log's end, if it does not start)."""
+        start the server (RuntimeError, with the log's end, if it does not start).
+        netns: run it in that network namespace; listen: its listen_addresses;
+        trust: a network (CIDR) whose clients it trusts, beside localhost."""
         bin_dir = find_bin_dir()
         if bin_dir is None:
             raise RuntimeError("PostgreSQL server not installed (apt-get install postgresql)")
         work_dir = tempfile.mkdtemp(prefix="pg-", dir=base_dir)
         os.chmod(work_dir, 0o755)
-        server = cls(bin_dir, work_dir, _free_port())
+        server = cls(bin_dir, work_dir, _free_port(), netns, listen)
         try:
             if len(server.host) > _MAX_SOCKET_DIR:
                 raise RuntimeError(f"socket directory too long for a Unix socket: {server.host}")
             server._prepare()
             server._initdb()
+            if trust:
+                with open(os.path.join(server.data_dir, "pg_hba.conf"), "a") as hba:
+                    hba.write(f"host all all {trust} trust\n")
             server._configure()
             # The port may be taken between _free_port() and the server's bind.
             for attempt in range(3):
@@ -185,7 +196,7 @@ class Server:
         that a restart keeps them."""
         settings = {
             "port": str(self.port),
-            "listen_addresses": _conf_string("127.0.0.1"),
+            "listen_addresses": _conf_string(self.listen),
             "unix_socket_directories": _conf_string(self.host),
             "fsync": "off",
             "max_connections": "300",  # tests open many connections
@@ -209,6 +220,8 @@ class Server:
                 ]
             else:
                 argv = ["runuser", "-u", SYSTEM_USER, "--", *argv]
+        if self.netns is not None:
+            argv = ["ip", "netns", "exec", self.netns, *argv]
         done = subprocess.run(
             argv,
             stdin=subprocess.DEVNULL,

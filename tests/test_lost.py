@@ -3,15 +3,21 @@ under a terminated session, a server restart, a stopped holder, and the command.
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import subprocess
+import sys
+import tempfile
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import psycopg
 import pytest
-from helpers import TOUCHFILE, Holder, hold, wait_until
+from helpers import TOUCHFILE, Holder, hold, program, wait_until
+from netns import Hosts
 from pgserver import External, Server
 
 from touchfile import LockError, LockLost, LockTimeout, TouchFile
@@ -255,3 +261,66 @@ def test_command_says_lost_and_ends_its_command(own_server: Server, name: str, k
     else:
         assert "sending it SIGTERM" in err and out == ""
         assert time.monotonic() - start < 1.5
+
+
+def test_partition_cut_off_holder_learns_first_and_its_token_is_refused(tmp_path: Path) -> None:
+    """A partition between real hosts (network namespaces; the server on one,
+    holders on two others): the holder cut off learns it lost within 15 s,
+    before the server drops its session and the other host takes the lock;
+    then a late write with the old fencing token is refused by the store."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        if os.environ.get("CI"):
+            pytest.fail("the partition test needs root and ip(8) (iproute2)")
+        pytest.skip("needs root and ip(8)")
+    base = tempfile.mkdtemp(prefix="touchfile-pgnet-")
+    os.chmod(base, 0o755)
+    store = str(tmp_path / "store")
+    name = f"partition-{uuid.uuid4()}"
+    procs: list[subprocess.Popen[str]] = []
+    with Hosts(2) as hosts:
+        server = Server.start(
+            base, netns=hosts.server, listen="10.77.1.1,10.77.2.1", trust="10.77.0.0/16"
+        )
+        try:
+
+            def holder(client: int, label: str) -> subprocess.Popen[str]:
+                dsn = (
+                    f"host={hosts.server_address(client)} port={server.port} "
+                    "user=postgres dbname=postgres"
+                )
+                argv = [sys.executable, program("pg_partition_holder"), dsn, name, store, label]
+                proc = subprocess.Popen(
+                    hosts.on(client, argv), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                    text=True, cwd="/",
+                )  # fmt: skip
+                procs.append(proc)
+                return proc
+
+            a = holder(1, "A")
+            assert a.stdout is not None and a.stdin is not None
+            first = a.stdout.readline().split()
+            assert first[0] == "locked", first
+            b = holder(2, "B")
+            assert b.stdout is not None
+            time.sleep(0.5)
+            hosts.cut(1)
+            cut = time.monotonic()
+            lost = a.stdout.readline().split()
+            assert lost[0] == "lost", lost
+            learned = float(lost[1]) - cut
+            assert learned < 15, f"the cut-off holder learned after {learned:.1f} s"
+            second = b.stdout.readline().split()
+            taken = time.monotonic() - cut
+            assert second[0] == "locked" and int(second[1]) > int(first[1]), second
+            assert taken > learned, "the other host took the lock before the holder learned"
+            a.stdin.write("\n")
+            a.stdin.flush()
+            assert a.stdout.readline().strip() == "late write rejected"
+            print(f"cut-off holder learned after {learned:.1f} s; the other host held after "
+                  f"{taken:.1f} s")  # fmt: skip
+        finally:
+            for proc in procs:
+                proc.kill()
+                proc.communicate()
+            server.stop()
+    shutil.rmtree(base, ignore_errors=True)
