@@ -591,9 +591,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=3, help="threads each (default 3)")
     parser.add_argument("--files", type=int, default=2, help="lock files (default 2)")
     parser.add_argument("--seed", type=int)
+    parser.add_argument("--postgres", action="store_true",
+                        help="PostgresLocks on a server of its own")  # fmt: skip
     args = parser.parse_args(argv)
     seconds = args.minutes * 60 if args.minutes is not None else args.seconds
     seed = random.randrange(1 << 30) if args.seed is None else args.seed
+    if args.postgres:
+        import stress_pg
+
+        print(f"touchfile stress, PostgreSQL: {args.workers} processes x {args.threads} threads, "
+              f"{args.files} names, {seconds:.0f} s, seed {seed}", flush=True)  # fmt: skip
+        pg = stress_pg.run(seconds, args.workers, args.threads, args.files, seed)
+        print(pg.figures())
+        return 1 if pg.violations else 0
     mode = "polling" if os.environ.get("TOUCHFILE_NATIVE") == "0" else "native"
     print(
         f"touchfile stress: {args.workers} processes x {args.threads} threads, "

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import stress_pg
 from helpers import TOUCHFILE, Holder, hold, program, wait_until
 from netns import Hosts
 from pgserver import External, Server
@@ -324,3 +325,16 @@ def test_partition_cut_off_holder_learns_first_and_its_token_is_refused(tmp_path
                 proc.communicate()
             server.stop()
     shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.timeout(120)
+def test_chaos_harness_postgres_finds_no_violation(own_server: Server) -> None:
+    """30 s of the harness's PostgreSQL mode: kills, pauses, terminations and
+    a restart, with no invariant broken (python tests/stress.py --postgres)."""
+    report = stress_pg.run(30, workers=3, threads=3, names=2)
+    print(report.figures())
+    assert report.violations == [], report.figures()
+    c = report.counts
+    assert c["g"] > 1000 and c["t"] > 0 and c["c"] > 0, report.figures()
+    assert c["kill"] > 0 and c["stop"] > 0 and c["term"] > 0 and c["restart"] == 1, report.figures()
+    assert c["x"] == 3, report.figures()
