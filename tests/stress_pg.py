@@ -21,6 +21,7 @@ import fcntl
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -111,6 +112,7 @@ def _worker(dsn: str, ledger: str, stores: str, names: list[str], threads: int,
             except LockLost:
                 pass  # release() says it too
             end_at = time.monotonic()
+            _record(fd, "r0", tid, f"{end_at:.6f}")  # before: a kill may land after the release
             try:
                 lk.release()
                 _record(fd, "r", tid, name, f"{end_at:.6f}", "held")
@@ -238,6 +240,11 @@ def run(seconds: float, workers: int = 3, threads: int = 3, names: int = 2,
         os.close(log)
         server.stop()
     _check(ledger, report)
+    if report.violations:
+        report.violations.append(f"the ledger is kept: {ledger}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(base, ignore_errors=True)
     return report
 
 
@@ -248,6 +255,7 @@ def _check(ledger: str, report: Report) -> None:
     open_holds: dict[str, tuple[str, str, float, str]] = {}  # tid -> (name, kind, start, session)
     tokens: dict[str, list[tuple[float, int]]] = defaultdict(list)
     kills: dict[str, float] = {}
+    releasing: dict[str, float] = {}  # tid -> when its last release began
     ended: dict[str, list[float]] = defaultdict(list)  # session -> terminated at
     restarts: list[tuple[float, float]] = []  # (began, ended)
     spans: list[tuple[str, str, str, float, float, str, str]] = []
@@ -270,6 +278,8 @@ def _check(ledger: str, report: Report) -> None:
             report.overs.append(max(0.0, over))
             if over > LATE:
                 report.violations.append(f"{f[1]}: a wait ended {over:.2f} s after its end")
+        elif kind == "r0":
+            releasing[f[1]] = float(f[2])
         elif kind == "k":
             kills[f[1]] = float(f[2])
         elif kind == "term":
@@ -285,6 +295,9 @@ def _check(ledger: str, report: Report) -> None:
     for tid, (name, what, start, session) in open_holds.items():  # its worker was killed
         end = kills.get(tid.split(".")[0])
         if end is not None:
+            began = releasing.get(tid, -math.inf)
+            if began >= start:  # killed as it released
+                end = min(end, began)
             spans.append((name, what, session, start, end, "killed", tid))
     for name, what, session, start, end, how, tid in spans:
         # When the server let the lock go, at the earliest: the session's end,
