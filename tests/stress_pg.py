@@ -318,10 +318,14 @@ def _check(ledger: str, report: Report) -> None:
     for name, held in holds.items():
         held.sort()
         for i, (_, end, what, how, tid, _) in enumerate(held):
-            for start2, _, what2, _, tid2, _ in held[i + 1 :]:
+            for start2, _, what2, _, tid2, lost2 in held[i + 1 :]:
                 if start2 >= end:
                     break
                 if what == "shared" and what2 == "shared":
+                    continue
+                if lost2 != math.inf:
+                    # Granted and lost before its holder could even say it
+                    # held it: its grant time here is later than the server's.
                     continue
                 report.violations.append(
                     f"{name}: {tid} ({what}, {how}) and {tid2} ({what2}) held together "

@@ -338,3 +338,22 @@ def test_chaos_harness_postgres_finds_no_violation(own_server: Server) -> None:
     assert c["g"] > 1000 and c["t"] > 0 and c["c"] > 0, report.figures()
     assert c["kill"] > 0 and c["stop"] > 0 and c["term"] > 0 and c["restart"] == 1, report.figures()
     assert c["x"] == 3, report.figures()
+
+
+def test_loss_found_by_the_holders_own_statement_is_lost_too(
+    own_server: Server, name: str
+) -> None:
+    """Whoever finds the session gone first, the watcher or the holder's own
+    fencing_token(), the hold is lost: the token call and release() raise
+    LockLost, and the held context ends."""
+    dsn = own_server.dsn
+    with PostgresLock(name, dsn) as lk:
+        for _ in range(5):
+            lk.acquire()
+            ctx = lk.held_context()
+            terminate(dsn, session_of(lk))
+            with pytest.raises(LockLost):
+                lk.fencing_token()
+            assert ctx.cancelled
+            with pytest.raises(LockLost):
+                lk.release()

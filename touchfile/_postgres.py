@@ -688,7 +688,14 @@ class PostgresBackend:
         return LockError(f"{self.name}: {refused.message}", self.name)
 
     def _lost(self, handle: PgHandle, error: object) -> ConnectionError:
+        """The connection is gone: close handle, and if it held the lock (its
+        holder's own statement found out first), the hold is lost."""
         handle.close()
+        if handle.holds and not handle.lost:
+            handle.lost, handle.why = True, _message(error)
+            ctx = handle.ctx  # after handle.lost: see held_context()
+            if ctx is not None:
+                ctx.cancel()
         return ConnectionError(
             f"lost the connection to PostgreSQL ({_where(self._params)}): {_message(error)}"
         )
