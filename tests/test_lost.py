@@ -3,6 +3,7 @@ under a terminated session, a server restart, a stopped holder, and the command.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -17,7 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 import stress_pg
-from helpers import TOUCHFILE, Holder, hold, program, wait_until
+from helpers import TOUCHFILE, Holder, hold, program, run_program, wait_until
 from netns import Hosts
 from pgserver import External, Server
 
@@ -340,9 +341,7 @@ def test_chaos_harness_postgres_finds_no_violation(own_server: Server) -> None:
     assert c["x"] == 3, report.figures()
 
 
-def test_loss_found_by_the_holders_own_statement_is_lost_too(
-    own_server: Server, name: str
-) -> None:
+def test_loss_found_by_the_holders_own_statement_is_lost_too(own_server: Server, name: str) -> None:
     """Whoever finds the session gone first, the watcher or the holder's own
     fencing_token(), the hold is lost: the token call and release() raise
     LockLost, and the held context ends."""
@@ -357,3 +356,52 @@ def test_loss_found_by_the_holders_own_statement_is_lost_too(
             assert ctx.cancelled
             with pytest.raises(LockLost):
                 lk.release()
+
+
+def test_first_locks_of_many_threads_share_one_watcher(pg_dsn: str) -> None:
+    """16 threads taking their first locks at once in a new process: one
+    watcher serves them all, and nothing hangs (run 5 times)."""
+    for _ in range(5):
+        proc = run_program("pg_first_watch", pg_dsn, timeout=60)
+        assert (proc.returncode, proc.stdout) == (0, "done 16\n"), proc.stderr
+
+
+def test_short_commands_always_end(pg_server: Pg) -> None:
+    """The command never loses its command's SIGCHLD to touchfile's own
+    threads: 40 short commands in a row each end with their status."""
+    url = pg_server.url(f"short-{uuid.uuid4()}")
+    for n in range(40):
+        proc = subprocess.run([TOUCHFILE, url, "sh", "-c", f"exit {n % 7}"], timeout=20)
+        assert proc.returncode == n % 7
+
+
+def test_async_exit_and_with_lock_after_a_loss(own_server: Server, name: str) -> None:
+    """async with lock_async() raises LockLost on exit after a loss; with_lock()
+    and with_lock_async() let fn's own exception through instead."""
+    dsn = own_server.dsn
+
+    async def main(lk: PostgresLock) -> None:
+        with pytest.raises(LockLost):
+            async with lk.lock_async(timeout=5):
+                terminate(dsn, lk._locks.held[asyncio.current_task()].pgconn.backend_pid)
+                wait_until(lambda: lk.held_context().cancelled)
+
+        async def fails() -> None:
+            terminate(dsn, lk._locks.held[asyncio.current_task()].pgconn.backend_pid)
+            wait_until(lambda: lk.held_context().cancelled)
+            raise ValueError("fn's own")
+
+        with pytest.raises(ValueError, match="fn's own"):
+            await lk.with_lock_async(fails, timeout=5)
+
+    with PostgresLock(name, dsn) as lk:
+        asyncio.run(main(lk))
+
+        def fails_too() -> None:
+            terminate(dsn, session_of(lk))
+            wait_until(lambda: lk.held_context().cancelled)
+            raise ValueError("fn's own")
+
+        with pytest.raises(ValueError, match="fn's own"):
+            lk.with_lock(fails_too, timeout=5)
+        assert not lk.locked()

@@ -133,6 +133,8 @@ class Locks:
         releases the parent's lock (that needs an unlock, or the last copy to
         close), so the child can neither release nor break what it holds."""
         self.mutex = threading.Lock()  # may have been held by another thread
+        for handle in self.held.values():
+            end_hold(handle)  # the child holds nothing
         self.held = {}
         self.idle = []
         self.waits = set()

@@ -22,7 +22,7 @@ import queue
 import threading
 from typing import TYPE_CHECKING, Callable
 
-from ._acquire import Request, begin
+from ._acquire import Request, begin, end_hold
 from ._context import Context
 
 if TYPE_CHECKING:
@@ -164,12 +164,17 @@ async def release(lk: LockBase) -> None:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
 
-    def give_back() -> None:  # in a thread
+    def give_back() -> None:  # in a thread: LockBase.release()'s steps
         error: BaseException | None = None
         try:
-            locks.give_back(handle)
+            end_hold(handle)
+            locks.backend.release(handle)  # LockLost, if the hold had been lost
         except BaseException as e:
             error = e
+        if not handle.closed:
+            locks.idle.append(handle)
+        if locks.closed:  # close() may have drained the pool before our append
+            locks.close_idle()
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
             loop.call_soon_threadsafe(_settle, done, error)
 

@@ -153,9 +153,13 @@ class LockBase:
             raise TypeError(f"fn must be callable, not {fn!r}")
         self.acquire(kind, timeout, ctx)
         try:
-            return fn()
-        finally:
-            self.release()
+            result = fn()
+        except BaseException:
+            with contextlib.suppress(LockLost):  # fn's own exception goes on
+                self.release()
+            raise
+        self.release()
+        return result
 
     # ---- asyncio -----------------------------------------------------------
 
@@ -197,9 +201,13 @@ class LockBase:
             raise TypeError(f"fn must be an async callable, not {fn!r}")
         await self.acquire_async(kind, timeout=timeout, ctx=ctx)
         try:
-            return await fn()
-        finally:
-            await self._release_async()
+            result = await fn()
+        except BaseException:
+            with contextlib.suppress(LockLost):
+                await self._release_async()
+            raise
+        await self._release_async()
+        return result
 
     async def _release_async(self) -> None:
         """release(), off the event loop where it is a round trip to a server."""

@@ -30,6 +30,7 @@ import math
 import os
 import re
 import select
+import signal
 import socket
 import sys
 import threading
@@ -150,6 +151,7 @@ class PgHandle:
         "pid",
         "sock",
         "token",
+        "using",
         "watched",
         "why",
     )
@@ -166,6 +168,9 @@ class PgHandle:
         self.ctx: Context | None = None  # the holder's held_context(), once asked for
         self.token: int | None = None  # the hold's fencing token, once asked for
         self.why = ""  # how the session ended, once lost
+        # Held by a statement on a held session: the holder's fencing_token()
+        # and a release() (its own, or close()'s from another thread).
+        self.using = threading.Lock()
         # A cancel request still on its way: the next statement waits for
         # it, which it could otherwise cancel.
         self.pending: _Cancel | None = None
@@ -269,8 +274,9 @@ class PostgresBackend:
             f"'{self._params.get('keepalives_interval', KEEPALIVE_INTERVAL)}', false)"
             f", pg_catalog.set_config('tcp_keepalives_count', "
             f"'{self._params.get('keepalives_count', KEEPALIVE_COUNT)}', false)"
-            f", pg_catalog.set_config('tcp_user_timeout', '{user_ms + SERVER_LATER * 1000}', false)"
         )
+        later = user_ms + SERVER_LATER * 1000 if user_ms else 0  # 0: the system's default
+        self._server_user_timeout = f", pg_catalog.set_config('tcp_user_timeout', '{later}', false)"
         self.name = _url(self._params, lock)
         self._named = False  # True once name says where libpq connected
         self._info: PgHandle | None = None  # holders()' own connection
@@ -281,17 +287,26 @@ class PostgresBackend:
 
     def open(self) -> PgHandle:
         handle = PgHandle()
-        self._connect(handle)
+        try:
+            self._connect(handle)
+        except ConnectionError:
+            if not self._named:
+                raise  # the first connection: a DSN must be seen to work
+            # The server is down (restarting, say): a try or a wait on this
+            # handle connects, until its deadline, as on a pooled one.
         return handle
 
-    def _connect(self, handle: PgHandle) -> None:
-        """Connect handle (again): a new session, set up for locking."""
+    def _connect(self, handle: PgHandle, deadline: float = math.inf) -> None:
+        """Connect handle (again): a new session, set up for locking. The
+        connection attempt ends by deadline (libpq's 2 s at least)."""
         handle.close()
         extra: dict[str, str] = {}
         if self._own_name:
             extra["application_name"] = _application_name()
         if "connect_timeout" not in self._params:
-            extra["connect_timeout"] = "10"  # libpq's default is to wait for ever
+            # libpq's default is to wait for ever; a wait's deadline may be sooner.
+            left = min(deadline - _monotonic(), 10.0)
+            extra["connect_timeout"] = str(max(2, math.ceil(left)))
         # The server hashes the name after converting it from the client's
         # encoding: every client must send it alike to get the same key.
         extra["client_encoding"] = "UTF8"
@@ -305,7 +320,9 @@ class PostgresBackend:
         handle.attach(conn)
         try:
             version = conn.pgconn.server_version
-            setup = _SETUP + self._server_keepalives + (_SETUP_14 if version >= 140000 else "")
+            setup = _SETUP + self._server_keepalives
+            setup += self._server_user_timeout if version >= 120000 else ""  # PostgreSQL 12+
+            setup += _SETUP_14 if version >= 140000 else ""
             setup += _SETUP_17 if version >= 170000 else ""
             if self.key is None:
                 assert isinstance(self.lock, str)
@@ -325,12 +342,14 @@ class PostgresBackend:
     def try_lock(self, handle: PgHandle, kind: LockType, deadline: float) -> bool:
         key = [self._key()]
         try:
+            if handle.closed:
+                raise ConnectionError("not connected")  # opened as the server was down
             row = self._query(handle, _TRY[kind], key, [_INT8], deadline)
         except ConnectionError:
             # An idle pooled connection that the server ended (a restart, an
             # idle timeout): once more, on a new one.
             try:
-                self._connect(handle)
+                self._connect(handle, deadline)
             except ConnectionError:
                 if deadline > _monotonic():
                     return False  # as busy: the wait reconnects until the deadline
@@ -382,7 +401,7 @@ class PostgresBackend:
         or a cancel): None once connected, else why the wait ends."""
         while True:
             try:
-                self._connect(handle)
+                self._connect(handle, waiter.deadline)
                 return None
             except ConnectionError:
                 pass
@@ -430,6 +449,10 @@ class PostgresBackend:
         return Outcome.OK
 
     def release(self, handle: PgHandle) -> None:
+        with handle.using:
+            self._release(handle)
+
+    def _release(self, handle: PgHandle) -> None:
         if handle.watched:
             _watcher().unwatch(handle)  # from here on, only this thread uses handle
         if handle.lost:
@@ -453,20 +476,21 @@ class PostgresBackend:
             return handle.token
         if handle.kind is not EXCLUSIVE:
             raise LockError(f"only an exclusive hold on {self.name} has a fencing token", self.name)
-        if handle.watched:
-            _watcher().unwatch(handle)
-        try:
-            if handle.lost or handle.closed:
-                raise self._lost_hold(handle.why)
+        with handle.using:
+            if handle.watched:
+                _watcher().unwatch(handle)
             try:
-                row = self._fence(handle)
-            except ConnectionError as error:
-                raise self._lost_hold(str(error)) from None
-        finally:
-            if not handle.closed:
-                _watcher().watch(handle)
-        handle.token = int(row[0] or b"")
-        return handle.token
+                if handle.lost or handle.closed or not handle.holds:
+                    raise self._lost_hold(handle.why or "the session was closed")
+                try:
+                    row = self._fence(handle)
+                except ConnectionError as error:
+                    raise self._lost_hold(str(error)) from None
+            finally:
+                if not handle.closed:
+                    _watcher().watch(handle)
+            handle.token = int(row[0] or b"")
+            return handle.token
 
     def _fence(self, handle: PgHandle) -> list[bytes | None]:
         key = [self._key()]
@@ -477,6 +501,12 @@ class PostgresBackend:
                 raise self._fencing_error(refused) from None
         try:
             self._rows_or_refused(handle, _FENCE_TABLE, [], [])
+        except _Refused as refused:
+            # Another client made it as we did (the catalogs' unique indexes
+            # say so, though IF NOT EXISTS): it is there now.
+            if refused.state not in (b"42P07", b"42710", b"23505"):
+                raise self._fencing_error(refused) from None
+        try:
             return self._rows_or_refused(handle, _FENCE, key, [_INT8])
         except _Refused as refused:
             raise self._fencing_error(refused) from None
@@ -793,7 +823,13 @@ class _Watcher:
             handle.watched = True
             if not self.running:
                 self.running = True
-                _thread.start_new_thread(self.run, ())
+                # Signals are for the application's threads (the command's
+                # sigwaitinfo(), Python's handlers), never for this one.
+                old = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+                try:
+                    _thread.start_new_thread(self.run, ())
+                finally:
+                    signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
     def unwatch(self, handle: PgHandle) -> None:
         with self.mutex:
@@ -842,15 +878,22 @@ def _alive(handle: PgHandle) -> bool:
 
 
 _the_watcher: _Watcher | None = None
+_making = (os.getpid(), threading.Lock())  # guards making it, in this process
 
 
 def _watcher() -> _Watcher:
     """The process's watcher (a new one in a forked child: threads do not fork)."""
-    global _the_watcher
+    global _the_watcher, _making
     watcher = _the_watcher
-    if watcher is None or watcher.pid != os.getpid():
-        watcher = _the_watcher = _Watcher()
-    return watcher
+    if watcher is not None and watcher.pid == os.getpid():
+        return watcher
+    if _making[0] != os.getpid():  # a forked child: the parent's may be held
+        _making = (os.getpid(), threading.Lock())
+    with _making[1]:
+        watcher = _the_watcher
+        if watcher is None or watcher.pid != os.getpid():
+            watcher = _the_watcher = _Watcher()
+        return watcher
 
 
 def _poll(watch: list[tuple[int, int]], until: float) -> list[tuple[int, int]]:
