@@ -4,6 +4,7 @@ under a terminated session, a server restart, a stopped holder, and the command.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -405,3 +406,38 @@ def test_async_exit_and_with_lock_after_a_loss(own_server: Server, name: str) ->
         with pytest.raises(ValueError, match="fn's own"):
             lk.with_lock(fails_too, timeout=5)
         assert not lk.locked()
+
+
+def test_killed_waiter_never_holds_and_the_next_waiter_gets_the_lock(
+    pg_server: Pg, pg_dsn: str, name: str, holders: list[Holder]
+) -> None:
+    """A waiter process SIGKILLed in the server's queue never ends up holding
+    the lock: when the holder releases, the waiter behind it holds at once."""
+    url = pg_server.url(name)
+    holder = hold(holders, url, tool="postgres")
+    waiter = subprocess.Popen([TOUCHFILE, url, "sleep", "30"], start_new_session=True)
+    try:
+        wait_until(
+            lambda: "advisory" in pg_server.psql("SELECT wait_event FROM pg_stat_activity"),
+            timeout=10,
+        )
+        os.killpg(waiter.pid, signal.SIGKILL)
+        waiter.wait(10)
+        with PostgresLock(name, pg_dsn) as lk:
+            got: list[float] = []
+
+            def wait() -> None:
+                lk.acquire(timeout=10)
+                got.append(time.monotonic())
+                lk.release()
+
+            thread = threading.Thread(target=wait)
+            thread.start()
+            time.sleep(0.3)
+            released = holder.release()
+            thread.join(10)
+            assert got and got[0] - released < 1.0
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(waiter.pid, signal.SIGKILL)
+        waiter.wait(10)
