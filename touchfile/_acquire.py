@@ -37,7 +37,7 @@ class Locks:
     that hold no lock; a handle in neither is being used by an acquisition
     in progress, which puts it in one of them or closes it. closed only goes
     from False to True. The hot path (begin, Request.hold, and TouchFile.release,
-    which does give_back()'s part itself) takes no mutex: each step is one
+    which does put_back() itself) takes no mutex: each step is one
     atomic dict or list operation (atomic under the GIL, and per object in
     free-threaded builds), and close() sets closed before it empties held, so
     either close() sees a new entry or whoever added it sees closed; whoever
@@ -71,25 +71,41 @@ class Locks:
             name,
         )
 
+    def put_back(self, handle: Any) -> None:
+        """release()'s work once the holder's entry is popped: the hold ends,
+        the lock is given back (LockLost if it had been lost), and the handle
+        goes back to the pool. (TouchFile.release() does this inline.)"""
+        if handle.ctx is not None:
+            end_hold(handle)
+        self.backend.release(handle)
+        if not handle.closed:  # a lost hold's handle is closed
+            self.idle.append(handle)
+        if self.closed:  # close() may have drained the pool before our append
+            self.close_idle()
+
     def give_back(self, handle: Any) -> None:
         """A handle that may hold a lock (an acquisition that failed or was
         abandoned) goes back to the pool, unlocked: an exception may land
         after the lock was granted, and a pooled handle must hold nothing."""
-        end_hold(handle)
-        if not handle.closed:
-            with contextlib.suppress(LockLost):  # nobody was told it was held
-                self.backend.release(handle)
+        if handle.closed:
+            end_hold(handle)
+        else:
+            self.let_go(handle)
             if not handle.closed:  # release() may find the connection lost
                 self.idle.append(handle)
         if self.closed:  # close() may have drained the pool before our append
             self.close_idle()
 
+    def let_go(self, handle: Any) -> None:
+        """End a hold nobody will be told of: LockLost is nobody's to hear."""
+        end_hold(handle)
+        with contextlib.suppress(LockLost):
+            self.backend.release(handle)
+
     def closed_while_taking(self, owner: object, handle: Any) -> LockError:
         """close() came as owner took the lock through handle: undo, and say so."""
         if self.held.pop(owner, None) is handle:
-            end_hold(handle)
-            with contextlib.suppress(LockLost):
-                self.backend.release(handle)
+            self.let_go(handle)
             self.backend.close(handle)
         name = self.backend.name
         return LockError(f"{name} was closed while the lock was being taken", name)
@@ -112,9 +128,7 @@ class Locks:
                 _, handle = self.held.popitem()
             except KeyError:
                 break
-            end_hold(handle)
-            with contextlib.suppress(LockLost):  # its holder learns it from release()
-                self.backend.release(handle)
+            self.let_go(handle)  # its holder learns of a loss from release()
             self.backend.close(handle)
         self.close_idle()
         self.backend.discard()

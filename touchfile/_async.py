@@ -22,7 +22,7 @@ import queue
 import threading
 from typing import TYPE_CHECKING, Callable
 
-from ._acquire import Request, begin, end_hold
+from ._acquire import Request, begin
 from ._context import Context
 
 if TYPE_CHECKING:
@@ -164,21 +164,16 @@ async def release(lk: LockBase) -> None:
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
 
-    def give_back() -> None:  # in a thread: LockBase.release()'s steps
+    def put_back() -> None:  # in a thread
         error: BaseException | None = None
         try:
-            end_hold(handle)
-            locks.backend.release(handle)  # LockLost, if the hold had been lost
+            locks.put_back(handle)  # LockLost, if the hold had been lost
         except BaseException as e:
             error = e
-        if not handle.closed:
-            locks.idle.append(handle)
-        if locks.closed:  # close() may have drained the pool before our append
-            locks.close_idle()
         with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
             loop.call_soon_threadsafe(_settle, done, error)
 
-    _threads.run(give_back)
+    _threads.run(put_back)
     await done
 
 

@@ -79,7 +79,7 @@ class LockBase:
     def release(self) -> None:
         """Give back the lock this thread holds. Raises LockError if it holds
         none, and LockLost if its hold had been lost (a PostgresLock's)."""
-        # Locks.give_back(), inline: one call less on every release.
+        # Locks.put_back(), inline: one call less on every release.
         locks = self._locks
         handle = locks.held.pop(self._owner() if self._async else _get_ident(), None)
         if handle is None:

@@ -442,7 +442,9 @@ class PostgresBackend:
         except BaseException:
             if not handle.closed:  # KeyboardInterrupt, say: end the wait, then the session
                 with contextlib.suppress(Exception):
-                    _Cancel(handle).finish(_monotonic() + 0.5)
+                    cancel = _Cancel(handle)
+                    cancel.send()
+                    cancel.finish(_monotonic() + 0.5)
                 handle.close()
             raise
         self._granted(handle, kind)
@@ -495,19 +497,19 @@ class PostgresBackend:
     def _fence(self, handle: PgHandle) -> list[bytes | None]:
         key = [self._key()]
         try:
-            return self._rows_or_refused(handle, _FENCE, key, [_INT8])
+            return self._run(handle, _FENCE, key, [_INT8])[0]
         except _Refused as refused:
             if refused.state != _UNDEFINED_TABLE:
                 raise self._fencing_error(refused) from None
         try:
-            self._rows_or_refused(handle, _FENCE_TABLE, [], [])
+            self._run(handle, _FENCE_TABLE, [], [])
         except _Refused as refused:
             # Another client made it as we did (the catalogs' unique indexes
             # say so, though IF NOT EXISTS): it is there now.
             if refused.state not in (b"42P07", b"42710", b"23505"):
                 raise self._fencing_error(refused) from None
         try:
-            return self._rows_or_refused(handle, _FENCE, key, [_INT8])
+            return self._run(handle, _FENCE, key, [_INT8])[0]
         except _Refused as refused:
             raise self._fencing_error(refused) from None
 
@@ -597,13 +599,30 @@ class PostgresBackend:
         types: list[int],
         deadline: float = math.inf,
     ) -> list[list[bytes | None]]:
+        """_run(), a server error raised as LockError."""
+        try:
+            return self._run(handle, sql, params, types, deadline)
+        except _Refused as refused:
+            raise self._error(refused) from None
+
+    def _run(
+        self,
+        handle: PgHandle,
+        sql: bytes,
+        params: list[bytes],
+        types: list[int],
+        deadline: float = math.inf,
+    ) -> list[list[bytes | None]]:
+        """Run sql: its rows (none if the server was silent GRACE seconds
+        past deadline: then handle is closed). Raises _Refused for a server
+        error, ConnectionError (and closes handle) when the connection is lost."""
         try:
             self._send(handle, sql, params, types)
             if not self._answer(handle, deadline, GRACE):
                 return []
             result = self._result(handle)
-        except _Refused as refused:
-            raise self._error(refused) from None
+        except _Refused:
+            raise
         except BaseException:
             handle.close()  # mid-statement (KeyboardInterrupt, say): unusable
             raise
@@ -611,21 +630,6 @@ class PostgresBackend:
             [result.get_value(row, col) for col in range(result.nfields)]
             for row in range(result.ntuples)
         ]
-
-    def _rows_or_refused(
-        self, handle: PgHandle, sql: bytes, params: list[bytes], types: list[int]
-    ) -> list[bytes | None]:
-        """_query(), but a server error is raised as _Refused."""
-        try:
-            self._send(handle, sql, params, types)
-            self._answer(handle, math.inf, GRACE)
-            result = self._result(handle)
-        except _Refused:
-            raise
-        except BaseException:
-            handle.close()
-            raise
-        return [result.get_value(0, col) for col in range(result.nfields)]
 
     def _send(self, handle: PgHandle, sql: bytes, params: list[bytes], types: list[int]) -> None:
         if handle.pending is not None:  # it must not reach the server after sql does
@@ -786,9 +790,7 @@ class _Cancel:
         return [] if self.done else [(self.fd, self.wants)]
 
     def finish(self, limit: float) -> None:
-        """Send one if none was, and see it through (until limit at most)."""
-        if self.done and self.conn is None and self.next_at == -math.inf:
-            self.send()
+        """See the request on its way through (until limit at most)."""
         while not self.done and _monotonic() < limit:
             if _poll(self.watch(), limit):
                 self.step()
