@@ -15,6 +15,7 @@
 
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
@@ -328,28 +329,56 @@ __attribute__((constructor)) static void load(void)
 
 /* ---- locking ---------------------------------------------------------------- */
 
+/* One lock operation: op is LOCK_SH, LOCK_EX or LOCK_UN, with LOCK_NB for a
+ * try, and TF_OFD for an open file description's record lock on [start,
+ * start + len) (len 0: to the end of the file, however far it grows). */
+static int lock_op(int fd, int op, long long start, long long len)
+{
+    if (!(op & TF_OFD))
+        return flock(fd, op);
+    struct flock arg;
+    memset(&arg, 0, sizeof arg); /* l_pid must be 0 for F_OFD_* */
+    arg.l_type = (op & LOCK_EX) ? F_WRLCK : (op & LOCK_SH) ? F_RDLCK : F_UNLCK;
+    arg.l_whence = SEEK_SET;
+    arg.l_start = (off_t)start;
+    arg.l_len = (off_t)len;
+    int rc = fcntl(fd, (op & LOCK_NB) ? F_OFD_SETLK : F_OFD_SETLKW, &arg);
+    if (rc != 0 && errno == EACCES)
+        errno = EWOULDBLOCK; /* what POSIX lets F_SETLK say for "busy" */
+    return rc;
+}
+
 /* fd holds the lock: keep it only if path still names fd's file. Someone may
  * have removed or replaced the file while we waited; a lock on the old inode
  * would then guard nothing, since newcomers open the new one. */
-static int verify(int fd, const char *path, unsigned long long dev, unsigned long long ino)
+static int verify(int fd, int op, long long start, long long len, const char *path,
+                  unsigned long long dev, unsigned long long ino)
 {
     struct stat st;
+    if (path == NULL) /* a descriptor given as such: there is no path */
+        return TF_OK;
     if (stat(path, &st) == 0 && (unsigned long long)st.st_dev == dev &&
         (unsigned long long)st.st_ino == ino)
         return TF_OK;
     /* Gone or replaced (or unreadable: reopening the path reports why). */
-    flock(fd, LOCK_UN);
+    lock_op(fd, (op & TF_OFD) | LOCK_UN, start, len);
     return TF_STALE;
 }
 
-int tf_try(int fd, int op, const char *path, unsigned long long dev, unsigned long long ino)
+int tf_try_range(int fd, int op, long long start, long long len, const char *path,
+                 unsigned long long dev, unsigned long long ino)
 {
-    if (flock(fd, op | LOCK_NB) != 0) {
+    if (lock_op(fd, op | LOCK_NB, start, len) != 0) {
         if (errno == EWOULDBLOCK)
             return TF_BUSY;
         return errno == EINTR ? TF_INTERRUPTED : -errno;
     }
-    return verify(fd, path, dev, ino);
+    return verify(fd, op, start, len, path, dev, ino);
+}
+
+int tf_try(int fd, int op, const char *path, unsigned long long dev, unsigned long long ino)
+{
+    return tf_try_range(fd, op, 0, 0, path, dev, ino);
 }
 
 tf_waiter *tf_waiter_new(double deadline)
@@ -382,8 +411,8 @@ void tf_cancel(tf_waiter *w, int reason)
     pthread_mutex_unlock(&mu);
 }
 
-int tf_wait(tf_waiter *w, int fd, int op, const char *path, unsigned long long dev,
-            unsigned long long ino)
+int tf_wait(tf_waiter *w, int fd, int op, long long start, long long len, const char *path,
+            unsigned long long dev, unsigned long long ino)
 {
     sigset_t ours, old;
     int rc, err, reason;
@@ -424,8 +453,9 @@ int tf_wait(tf_waiter *w, int fd, int op, const char *path, unsigned long long d
     /* The wait. A signal that arrives before flock() starts is lost; the
      * scheduler's re-send covers that. EINTR is not retried here: the caller
      * decides (ours: the wait is over; another signal: Python runs its
-     * handler, then waits again). */
-    rc = flock(fd, op);
+     * handler, then waits again). F_OFD_SETLKW returns EINTR just as
+     * flock() does. */
+    rc = lock_op(fd, op, start, len);
     err = errno;
 
     pthread_mutex_lock(&mu);
@@ -449,7 +479,7 @@ int tf_wait(tf_waiter *w, int fd, int op, const char *path, unsigned long long d
     }
 
     if (rc == 0)
-        return verify(fd, path, dev, ino); /* granted, even if a reason raced in */
+        return verify(fd, op, start, len, path, dev, ino); /* granted, even if a reason raced in */
     if (err == EINTR)
         return reason != 0 ? reason : TF_INTERRUPTED;
     return -err;

@@ -23,9 +23,17 @@ int tf_set_signal(int signo);
 /* 1 when the interrupt signal's handler is ours (or can be made ours), 0 when not. */
 int tf_handler_ready(void);
 
-/* One non-blocking flock(fd, op | LOCK_NB), then check that path still names
- * the file (dev, ino) that fd is open on. */
+/* op is LOCK_SH or LOCK_EX for flock(); with TF_OFD added, the same lock
+ * taken with fcntl() as an open file description's record lock
+ * (F_OFD_SETLK/F_OFD_SETLKW: F_RDLCK or F_WRLCK) on the whole file, or on
+ * len bytes from start (len 0: to the end) with the _range calls. */
+#define TF_OFD 256
+
+/* One non-blocking try of op, then check that path still names the file
+ * (dev, ino) that fd is open on (path NULL: a bare descriptor, no check). */
 int tf_try(int fd, int op, const char *path, unsigned long long dev, unsigned long long ino);
+int tf_try_range(int fd, int op, long long start, long long len, const char *path,
+                 unsigned long long dev, unsigned long long ino);
 
 /* A waiter ends at its deadline (absolute, in seconds on CLOCK_MONOTONIC,
  * the clock of Python's time.monotonic(); negative: none) or when
@@ -33,9 +41,10 @@ int tf_try(int fd, int op, const char *path, unsigned long long dev, unsigned lo
 tf_waiter *tf_waiter_new(double deadline);
 void tf_waiter_free(tf_waiter *w);
 
-/* Block in flock(fd, op) until the lock is granted or the waiter is ended. */
-int tf_wait(tf_waiter *w, int fd, int op, const char *path, unsigned long long dev,
-            unsigned long long ino);
+/* Block in flock(fd, op) (or fcntl(F_OFD_SETLKW), with TF_OFD) until the
+ * lock is granted or the waiter is ended. */
+int tf_wait(tf_waiter *w, int fd, int op, long long start, long long len, const char *path,
+            unsigned long long dev, unsigned long long ino);
 
 /* End the wait, now or when it starts, with reason (TF_CANCELLED or TF_CLOSED). */
 void tf_cancel(tf_waiter *w, int reason);

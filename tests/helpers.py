@@ -29,10 +29,14 @@ class Holder:
     """A process holding a lock on path until release() (always reaped by stop())."""
 
     def __init__(self, path: str | Path, kind: str = "exclusive", tool: str = "fcntl") -> None:
+        # tool: "fcntl" (fcntl.flock()), "lockf" and "fasteners" (fcntl record
+        # locks), "filelock", "touchfile", or a command: "flock", "cli".
         if tool in ("flock", "cli"):  # util-linux flock(1), or touchfile's command
             flag = "-x" if kind == "exclusive" else "-s"
             tool_path = "flock" if tool == "flock" else TOUCHFILE
             argv = [tool_path, flag, str(path), "sh", "-c", "echo locked; read x"]
+        elif tool == "lockf":
+            argv = [sys.executable, program("holder_fcntl"), str(path), kind, "lockf"]
         else:
             argv = [sys.executable, program(f"holder_{tool}"), str(path), kind]
         self.tool = tool

@@ -2,7 +2,10 @@
 
 Each handle is one open file description of the lock file (flock() locks
 belong to those), so the kernel alone decides who holds the lock: handles
-of one process exclude each other exactly as processes do. After every grant
+of one process exclude each other exactly as processes do. method="fcntl"
+takes the same locks with fcntl(F_OFD_SETLK), an open file description's
+record lock (on the whole file, or a byte range for the command's --start
+and --length): those exclude fcntl()/lockf() users, not flock() users. After every grant
 the path is checked to still name the handle's file (dev, ino); when it does
 not (the file was deleted or replaced), the handle is reopened on the file
 the path names now and the lock is tried again.
@@ -22,8 +25,8 @@ import errno
 import fcntl
 import os
 import signal
+import struct
 import sys
-import tempfile
 import threading
 import time
 import warnings
@@ -40,11 +43,17 @@ from ._open import open_lock_file
 OK, BUSY, STALE, INTERRUPTED = Outcome.OK, Outcome.BUSY, Outcome.STALE, Outcome.INTERRUPTED
 DEADLINE, NO_HANDLER = Outcome.DEADLINE, Outcome.NO_HANDLER
 
-_EX, _SH, _UN, _flock = fcntl.LOCK_EX, fcntl.LOCK_SH, fcntl.LOCK_UN, fcntl.flock
+_EX, _SH, _UN, _NB, _flock = fcntl.LOCK_EX, fcntl.LOCK_SH, fcntl.LOCK_UN, fcntl.LOCK_NB, fcntl.flock
+_OFD = _native.OFD
 
-# What flock(LOCK_EX) fails with on NFS through a read-only descriptor: the
-# client emulates flock() with byte-range locks, and a write lock needs a
-# descriptor open for writing (EBADF; EIO on older kernels).
+# struct flock, for fcntl(F_OFD_SETLK): l_type, l_whence, l_start, l_len, l_pid.
+_FLOCK_STRUCT = struct.Struct("hhqqi")
+
+METHODS = ("flock", "fcntl")
+
+# What an exclusive lock fails with through a read-only descriptor: fcntl()'s
+# F_WRLCK always (EBADF), and flock(LOCK_EX) on NFS, whose client emulates
+# flock() with byte-range locks (EBADF; EIO on older kernels).
 _NEEDS_WRITE = (errno.EBADF, errno.EIO)
 
 # Polling backs off from 1 ms to 10 ms: a released lock is seen 5 ms late on
@@ -55,10 +64,18 @@ POLL_MAX = 0.010
 _signal_chosen = False
 
 
-def choose(path: str | None, mode: int) -> FlockPolling:
+def choose(
+    path: str | None,
+    mode: int,
+    method: str = "flock",
+    span: tuple[int, int] = (0, 0),
+    fd: int | None = None,
+) -> FlockPolling:
     """The flock backend for path (None: a new temporary lock file), as
     TOUCHFILE_NATIVE says: unset = native if built, "1" = native required,
-    "0" = poll. Opens (creates) the lock file.
+    "0" = poll. Opens (creates) the lock file. method "fcntl": OFD locks on
+    span, (start, length) (length 0: to the end). fd: lock that descriptor
+    (inherited, say), not a path's file.
 
     Raises ValueError for a bad TOUCHFILE_NATIVE or TOUCHFILE_SIGNAL,
     RuntimeError when TOUCHFILE_NATIVE=1 and the core is not built, and
@@ -75,7 +92,7 @@ def choose(path: str | None, mode: int) -> FlockPolling:
         _native.use_signal(_native.parse_signal(os.environ.get("TOUCHFILE_SIGNAL", "SIGURG")))
         _signal_chosen = True
     cls = FlockNative if setting != "0" and _native.AVAILABLE else FlockPolling
-    return cls(path, mode)
+    return cls(path, mode, method, span, fd)
 
 
 class FlockHandle:
@@ -110,23 +127,46 @@ class FlockHandle:
             self.close()
 
 
-def py_try_lock(fd: int, op: int, path: bytes, dev: int, ino: int) -> int:
-    """_native.try_lock() in Python: one flock(LOCK_NB), then check that path
-    still names fd's file. The code of an Outcome, or -errno."""
+def lock_op(fd: int, op: int, span: tuple[int, int]) -> None:
+    """flock(fd, op), or with _OFD in op, the same as fcntl(F_OFD_SETLK[W])
+    on span. Raises BlockingIOError when busy (with LOCK_NB), OSError."""
+    if not op & _OFD:
+        _flock(fd, op)
+        return
+    kind = fcntl.F_WRLCK if op & _EX else fcntl.F_RDLCK if op & _SH else fcntl.F_UNLCK
+    arg = _FLOCK_STRUCT.pack(kind, os.SEEK_SET, span[0], span[1], 0)
     try:
-        fcntl.flock(fd, op | fcntl.LOCK_NB)
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK if op & _NB else fcntl.F_OFD_SETLKW, arg)
+    except PermissionError as error:  # EACCES: POSIX lets F_SETLK say "busy" so
+        raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN)) from error
+
+
+def py_try_range(
+    fd: int, op: int, start: int, length: int, path: bytes | None, dev: int, ino: int
+) -> int:
+    """_native.try_range() in Python: one non-blocking lock_op(), then check
+    that path (if any) still names fd's file. The code of an Outcome, or -errno."""
+    try:
+        lock_op(fd, op | _NB, (start, length))
     except BlockingIOError:
         return BUSY
     except OSError as error:
         return -(error.errno or errno.EIO)
+    if path is None:
+        return OK
     try:
         st = os.stat(path)
         if st.st_dev == dev and st.st_ino == ino:
             return OK
     except OSError:
         pass  # gone, or unreadable: reopening the path reports why
-    fcntl.flock(fd, fcntl.LOCK_UN)
+    lock_op(fd, (op & _OFD) | _UN, (start, length))
     return STALE
+
+
+def py_try_lock(fd: int, op: int, path: bytes | None, dev: int, ino: int) -> int:
+    """_native.try_lock() in Python: py_try_range() on the whole file."""
+    return py_try_range(fd, op, 0, 0, path, dev, ino)
 
 
 class PollingWaiter:
@@ -144,13 +184,17 @@ class PollingWaiter:
             self.reason = reason
         self._event.set()
 
-    def block(self, handle: FlockHandle, op: int, path: bytes) -> Outcome:
+    def block(
+        self, handle: FlockHandle, op: int, span: tuple[int, int], path: bytes | None
+    ) -> Outcome:
         """Retry until the lock is not busy (OK, STALE) or the wait ends."""
         delay = POLL_FIRST
+        start, length = span
         while True:
             if self.reason is not None:
                 return self.reason
-            rc = _native.outcome(py_try_lock(handle.fd, op, path, handle.dev, handle.ino), path)
+            rc = py_try_range(handle.fd, op, start, length, path, handle.dev, handle.ino)
+            rc = _native.outcome(rc, path)
             if rc is not BUSY:
                 return rc
             left = self.deadline - time.monotonic()
@@ -163,7 +207,7 @@ class PollingWaiter:
 class FlockPolling:
     """flock() on the lock file at a path, waiting by polling."""
 
-    __slots__ = ("_bpath", "_mode", "_temporary", "_try", "name")
+    __slots__ = ("_bpath", "_fd", "_method", "_mode", "_span", "_temporary", "_try", "name")
 
     remote = False
 
@@ -171,22 +215,47 @@ class FlockPolling:
     def native(self) -> bool:
         return False
 
-    def __init__(self, path: str | None, mode: int) -> None:
+    def __init__(
+        self,
+        path: str | None,
+        mode: int,
+        method: str = "flock",
+        span: tuple[int, int] = (0, 0),
+        fd: int | None = None,
+    ) -> None:
+        # _OFD for method "fcntl", added to every op.
+        self._method = _OFD if method == "fcntl" else 0
+        self._span = span
+        self._fd = fd
         # (dev, ino) of the private file of TouchFile(), never re-created:
         # under its old, visible name it would be anyone's to replace.
         self._temporary: tuple[int, int] | None = None
-        if path is None:
-            path, self._temporary = _make_temporary()
-        self.name = os.path.abspath(path)
-        self._bpath = os.fsencode(self.name)
+        self._bpath: bytes | None = None  # a descriptor: no path to check
+        if fd is not None:
+            self.name = str(fd)
+        else:
+            if path is None:
+                path, self._temporary = _make_temporary()
+            self.name = os.path.abspath(path)
+            self._bpath = os.fsencode(self.name)
         self._mode = mode
         # One non-blocking flock(), then the path's check: the code of an
         # Outcome (OK, BUSY, STALE, INTERRUPTED) or -errno, for
         # _native.outcome(). An attribute, not a method: the hot path.
-        self._try: Callable[[int, int, bytes, int, int], int] = self._try_function()
+        self._try: Callable[[int, int, bytes | None, int, int], int] = self._try_function()
 
-    def _try_function(self) -> Callable[[int, int, bytes, int, int], int]:
-        return py_try_lock
+    def _try_function(self) -> Callable[[int, int, bytes | None, int, int], int]:
+        return self._ranged(py_try_range) or py_try_lock
+
+    def _ranged(
+        self, try_range: Callable[[int, int, int, int, bytes | None, int, int], int]
+    ) -> Callable[[int, int, bytes | None, int, int], int] | None:
+        """try_range on this backend's span, or None for the whole file of a
+        path (the plain try: every acquisition's path)."""
+        if self._span == (0, 0) and self._bpath is not None:
+            return None
+        start, length = self._span
+        return lambda fd, op, path, dev, ino: try_range(fd, op, start, length, path, dev, ino)
 
     # ---- handles --------------------------------------------------------------
 
@@ -198,6 +267,10 @@ class FlockPolling:
     def _reopen(self, handle: FlockHandle, writable: bool) -> None:
         """(Re)open handle on the file the path names now."""
         handle.close()
+        if self._fd is not None:  # the same open file description, ours to close
+            fd = fcntl.fcntl(self._fd, fcntl.F_DUPFD_CLOEXEC, 0)
+            handle.opened(fd, fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY)
+            return
         temporary = self._temporary
         if temporary is not None and _identity(self.name) != temporary:
             raise self._temporary_gone()  # before anything else can be said of it
@@ -228,7 +301,10 @@ class FlockPolling:
         # creates a new file at the path and locks that one too, and two
         # holders would be in at once.
         if not handle.closed:
-            _flock(handle.fd, _UN)
+            if self._method:
+                lock_op(handle.fd, _OFD | _UN, self._span)
+            else:
+                _flock(handle.fd, _UN)
 
     def close(self, handle: FlockHandle) -> None:
         handle.close()
@@ -243,12 +319,13 @@ class FlockPolling:
                 os.unlink(self.name)
 
     def holders(self) -> list[LockHolder]:
-        return holders(self.name)
+        path = self.name if self._fd is None else f"/proc/self/fd/{self._fd}"
+        return holders(path, "OFDLCK" if self._method else "FLOCK")
 
     # ---- locking --------------------------------------------------------------
 
     def try_lock(self, handle: FlockHandle, kind: LockType, deadline: float) -> bool:
-        op = _EX if kind is EXCLUSIVE else _SH
+        op = (_EX if kind is EXCLUSIVE else _SH) | self._method
         rc = self._try(handle.fd, op, self._bpath, handle.dev, handle.ino)
         if rc == OK:
             return True  # every acquisition's path: nothing more to look at
@@ -278,11 +355,19 @@ class FlockPolling:
         """Reopen handle read-write if error says an exclusive lock needs it,
         and only where the caller may write the file anyway: the open itself,
         through the same walk, says so. Otherwise raise error."""
-        if error.errno not in _NEEDS_WRITE or op != _EX or handle.writable:
+        given = self._fd is not None  # a descriptor given as such: never reopened
+        if error.errno not in _NEEDS_WRITE or not op & _EX or handle.writable or given:
             raise error
         try:
             self._reopen(handle, writable=True)
         except OSError as refused:
+            if self._method:  # F_WRLCK needs a descriptor open for writing, anywhere
+                raise OSError(
+                    refused.errno,
+                    "an exclusive lock with method='fcntl' needs the file open for "
+                    f"writing: {refused.strerror}",
+                    self.name,
+                ) from None
             if isinstance(refused, PermissionError) or refused.errno == errno.EROFS:
                 raise error from None
             raise
@@ -291,7 +376,7 @@ class FlockPolling:
         return PollingWaiter(deadline)
 
     def wait(self, handle: FlockHandle, kind: LockType, waiter: PollingWaiter) -> Outcome:
-        op = _EX if kind is EXCLUSIVE else _SH
+        op = (_EX if kind is EXCLUSIVE else _SH) | self._method
         reopened = False
         rc = BUSY
         while True:
@@ -314,7 +399,7 @@ class FlockPolling:
 
     def _block(self, handle: FlockHandle, op: int, waiter: PollingWaiter) -> Outcome:
         try:
-            return waiter.block(handle, op, self._bpath)
+            return waiter.block(handle, op, self._span, self._bpath)
         except OSError as error:
             self._open_writable(handle, op, error)
         return BUSY  # wait again, read-write
@@ -336,15 +421,17 @@ class NativeWaiter(PollingWaiter):
         if waiter is not None:
             waiter.cancel(reason)
 
-    def block(self, handle: FlockHandle, op: int, path: bytes) -> Outcome:
+    def block(
+        self, handle: FlockHandle, op: int, span: tuple[int, int], path: bytes | None
+    ) -> Outcome:
         waiter = self._native
         if waiter is not None:
-            rc = waiter.wait(handle.fd, op, path, handle.dev, handle.ino)
+            rc = waiter.wait(handle.fd, op, span, path, handle.dev, handle.ino)
             if rc is not NO_HANDLER:
                 return rc
             _warn_no_handler()
             self._native = None
-        return super().block(handle, op, path)
+        return super().block(handle, op, span, path)
 
 
 class FlockNative(FlockPolling):
@@ -356,8 +443,8 @@ class FlockNative(FlockPolling):
     def native(self) -> bool:
         return _native.handler_ready()
 
-    def _try_function(self) -> Callable[[int, int, bytes, int, int], int]:
-        return _native.try_lock
+    def _try_function(self) -> Callable[[int, int, bytes | None, int, int], int]:
+        return self._ranged(_native.try_range) or _native.try_lock
 
     def waiter(self, deadline: float) -> NativeWaiter:
         return NativeWaiter(deadline)
@@ -373,6 +460,8 @@ def _identity(path: str) -> tuple[int, int] | None:
 
 def _make_temporary() -> tuple[str, tuple[int, int]]:
     """A new private lock file: its path, and its (dev, ino)."""
+    import tempfile  # only TouchFile() needs it: the command starts without
+
     try:
         fd, path = tempfile.mkstemp(prefix="touchfile-", suffix=".lock")
     except FileNotFoundError as error:

@@ -31,8 +31,9 @@ class LockHolder(NamedTuple):
     command: str | None
 
 
-def holders(path: str | os.PathLike[str]) -> list[LockHolder]:
-    """The processes holding a flock() lock on path now, by pid.
+def holders(path: str | os.PathLike[str], lock_class: str = "FLOCK") -> list[LockHolder]:
+    """The processes holding a flock() lock on path now, by pid (lock_class
+    "OFDLCK": an open file description's fcntl() lock instead).
 
     Raises NotImplementedError where this cannot be known (no /proc/locks),
     and OSError if path cannot be stat()ed.
@@ -44,10 +45,10 @@ def holders(path: str | os.PathLike[str]) -> list[LockHolder]:
     st = os.stat(path)
     key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
     with open(os.path.join(_PROC, "locks")) as f:
-        takers = _parse_locks(f, key)
+        takers = _parse_locks(f, key, lock_class)
     if not takers:
         return []
-    found, unreadable = _scan_descriptors(key)
+    found, unreadable = _scan_descriptors(key, lock_class)
     for pid, kind in takers.items():
         # A taker whose descriptors we could not read (another user's
         # process) is taken at its word; one we could read, and that has
@@ -56,13 +57,15 @@ def holders(path: str | os.PathLike[str]) -> list[LockHolder]:
             found.setdefault(pid, kind)
     if not found:
         # The takers have exited and whoever inherited the lock is out of
-        # our sight: name the takers rather than call the lock free.
-        found = takers
+        # our sight: name the takers rather than call the lock free. (An
+        # OFD lock's taker is never named: /proc/locks says pid -1.)
+        found = {pid: kind for pid, kind in takers.items() if pid > 0}
     return [LockHolder(pid, kind, _command(pid)) for pid, kind in sorted(found.items())]
 
 
-def _parse_locks(lines: Iterable[str], key: str) -> dict[int, LockType]:
-    """pid -> kind of each granted flock() lock on key, from /proc/locks lines.
+def _parse_locks(lines: Iterable[str], key: str, lock_class: str) -> dict[int, LockType]:
+    """pid -> kind of each granted lock of lock_class (FLOCK, OFDLCK) on key,
+    from /proc/locks lines.
 
     A line reads "1: FLOCK  ADVISORY  WRITE 1234 fe:00:2146625 0 EOF";
     waiters show "->" after the number, and are skipped.
@@ -72,7 +75,7 @@ def _parse_locks(lines: Iterable[str], key: str) -> dict[int, LockType]:
         fields = line.split()
         if fields and fields[0] == "lock:":  # an fdinfo line
             fields = fields[1:]
-        if len(fields) < 6 or fields[1] != "FLOCK" or fields[5] != key:
+        if len(fields) < 6 or fields[1] != lock_class or fields[5] != key:
             continue
         try:
             pid = int(fields[4])
@@ -82,7 +85,7 @@ def _parse_locks(lines: Iterable[str], key: str) -> dict[int, LockType]:
     return locks
 
 
-def _scan_descriptors(key: str) -> tuple[dict[int, LockType], set[int]]:
+def _scan_descriptors(key: str, lock_class: str) -> tuple[dict[int, LockType], set[int]]:
     """(pid -> kind for every process with a locked description of the file
     open, the pids whose descriptors could not be read).
 
@@ -111,7 +114,7 @@ def _scan_descriptors(key: str) -> tuple[dict[int, LockType], set[int]]:
             except OSError:  # closed since
                 continue
             if marker in info:  # cheap: most descriptors hold no lock on the file
-                locks = _parse_locks(os.fsdecode(info).splitlines(), key)
+                locks = _parse_locks(os.fsdecode(info).splitlines(), key, lock_class)
                 if locks:
                     found[int(entry)] = next(iter(locks.values()))
     return found, unreadable

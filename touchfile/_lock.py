@@ -256,18 +256,57 @@ class TouchFile(LockBase):
 
     __slots__ = ("path",)
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, *, mode: int = 0o644) -> None:
-        """Raises TypeError (a bad path or mode), FileNotFoundError (an empty
-        path, a missing directory), PermissionError (see the README's
-        Security), other OSErrors from opening the file, and ValueError or
-        RuntimeError for a bad TOUCHFILE_NATIVE or TOUCHFILE_SIGNAL."""
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        mode: int = 0o644,
+        method: str = "flock",
+    ) -> None:
+        """method: "flock" (flock() locks) or "fcntl" (fcntl() open file
+        description locks, F_OFD_SETLK, on the whole file). Raises TypeError
+        (a bad path, mode or method), ValueError (an unknown method),
+        FileNotFoundError (an empty path, a missing directory),
+        PermissionError (see the README's Security), other OSErrors from
+        opening the file, and ValueError or RuntimeError for a bad
+        TOUCHFILE_NATIVE or TOUCHFILE_SIGNAL."""
         if isinstance(mode, bool) or not isinstance(mode, int):
             raise TypeError(f"mode must be an int such as 0o644, not {mode!r}")
+        if not isinstance(method, str):
+            raise TypeError(f"method must be 'flock' or 'fcntl', not {method!r}")
+        if method not in _flock.METHODS:
+            raise ValueError(f"unknown method {method!r}: use 'flock' or 'fcntl'")
         if path is not None:
             path = os.fsdecode(path)
             if not path:  # os.path.abspath("") would be the current directory
                 raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
-        backend = _flock.choose(path, mode)
+        self._begin(_flock.choose(path, mode, method))
+
+    @classmethod
+    def _for_command(
+        cls, path: str | None, fd: int | None, method: str, span: tuple[int, int]
+    ) -> TouchFile:
+        """The command's lock: on the file at path (created 0666 less the
+        umask, as flock(1) does), or on the open file description of fd,
+        which is then the path; with method "fcntl", on the bytes of span
+        (start, length; length 0: to the end). Raises OSError."""
+        if path == "":  # os.path.abspath("") would be the current directory
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+        tf = cls.__new__(cls)
+        tf._begin(_flock.choose(path, 0o666, method, span, fd))
+        return tf
+
+    def _unlock_descriptor(self) -> None:
+        """Give back the lock that the descriptor's description holds, whoever
+        took it (the command's -u)."""
+        backend = self._locks.backend
+        handle = backend.open()
+        try:
+            backend.release(handle)
+        finally:
+            backend.close(handle)
+
+    def _begin(self, backend: _flock.FlockPolling) -> None:
         self.path: str = backend.name
         self._start(backend)
 

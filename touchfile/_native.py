@@ -33,6 +33,10 @@ class Outcome(enum.IntEnum):
 
 _OUTCOMES = tuple(Outcome)  # by value, for the hot path
 
+# TF_OFD (checked at load), added to an op: fcntl()'s open file description
+# record lock (F_OFD_SETLK) instead of flock().
+OFD = 256
+
 _ALLOWED = "SIGURG, SIGUSR1, SIGUSR2, or SIGRTMIN+N / SIGRTMAX-N"
 
 
@@ -40,11 +44,18 @@ class _Lib(Protocol):
     def tf_version(self) -> Any: ...
     def tf_set_signal(self, signo: int) -> int: ...
     def tf_handler_ready(self) -> int: ...
-    def tf_try(self, fd: int, op: int, path: bytes, dev: int, ino: int) -> int: ...
+    def tf_try(self, fd: int, op: int, path: bytes | None, dev: int, ino: int) -> int: ...
+    def tf_try_range(
+        self, fd: int, op: int, start: int, len: int, path: bytes | None, dev: int, ino: int
+    ) -> int: ...
     def tf_waiter_new(self, deadline: float) -> Any: ...
     def tf_waiter_free(self, waiter: Any) -> None: ...
-    def tf_wait(self, w: Any, fd: int, op: int, path: bytes, dev: int, ino: int) -> int: ...
+    def tf_wait(
+        self, w: Any, fd: int, op: int, start: int, len: int, path: bytes | None, dev: int, ino: int
+    ) -> int: ...
     def tf_cancel(self, w: Any, reason: int) -> None: ...
+
+    TF_OFD: int
 
 
 class _FFI(Protocol):
@@ -83,7 +94,9 @@ def _load() -> tuple[_FFI, _Lib] | None:
     except ImportError:
         return None
     ffi, lib = cast(_FFI, core.ffi), cast(_Lib, core.lib)
-    if any(getattr(lib, "TF_" + outcome.name) != outcome for outcome in Outcome):
+    if lib.TF_OFD != OFD or any(
+        getattr(lib, "TF_" + outcome.name) != outcome for outcome in Outcome
+    ):
         raise ImportError("touchfile's native core disagrees on its return codes: reinstall")
     built_for = ffi.string(lib.tf_version()).decode()
     if built_for != __version__:
@@ -103,7 +116,7 @@ if _loaded is not None:
     # cost a call): one flock(fd, op | LOCK_NB), then the check that path still
     # names (dev, ino). Its code is Outcome.OK when the lock is taken; any
     # other goes through outcome().
-    try_lock: Callable[[int, int, bytes, int, int], int] = _lib.tf_try
+    try_lock: Callable[[int, int, bytes | None, int, int], int] = _lib.tf_try
 
 # The interrupt signal, once use_signal() has chosen it (SIGURG until then).
 SIGNAL = int(signal.SIGURG)
@@ -122,13 +135,22 @@ def handler_ready() -> bool:
     return _loaded is not None and bool(_lib.tf_handler_ready())
 
 
-def _errno(rc: int, path: bytes) -> OSError:
-    return OSError(-rc, os.strerror(-rc), os.fsdecode(path))
+def try_range(
+    fd: int, op: int, start: int, length: int, path: bytes | None, dev: int, ino: int
+) -> int:
+    """tf_try_range(): try_lock() on length bytes from start (length 0: to
+    the end), and with path None, a bare descriptor (no path to check)."""
+    cpath = _ffi.NULL if path is None else path
+    return _lib.tf_try_range(fd, op, start, length, cpath, dev, ino)
 
 
-def outcome(rc: int, path: bytes) -> Outcome:
+def _errno(rc: int, path: bytes | None) -> OSError:
+    return OSError(-rc, os.strerror(-rc), None if path is None else os.fsdecode(path))
+
+
+def outcome(rc: int, path: bytes | None) -> Outcome:
     """A code of the core's as an Outcome; a negative one (-errno) raises
-    OSError naming path."""
+    OSError naming path (if any)."""
     if rc < 0:
         raise _errno(rc, path)
     return _OUTCOMES[rc]
@@ -147,10 +169,15 @@ class Waiter:
             raise MemoryError("touchfile: cannot allocate a waiter")
         self._w = _ffi.gc(w, _lib.tf_waiter_free)
 
-    def wait(self, fd: int, op: int, path: bytes, dev: int, ino: int) -> Outcome:
-        """OK, STALE, INTERRUPTED, NO_HANDLER, or the reason the wait ended.
-        Raises OSError for any other error."""
-        return outcome(_lib.tf_wait(self._w, fd, op, path, dev, ino), path)
+    def wait(
+        self, fd: int, op: int, span: tuple[int, int], path: bytes | None, dev: int, ino: int
+    ) -> Outcome:
+        """OK, STALE, INTERRUPTED, NO_HANDLER, or the reason the wait ended;
+        span is (start, len) of an OFD lock's range. Raises OSError for any
+        other error."""
+        start, length = span
+        cpath = _ffi.NULL if path is None else path
+        return outcome(_lib.tf_wait(self._w, fd, op, start, length, cpath, dev, ino), path)
 
     def cancel(self, reason: Outcome) -> None:
         """End the wait with reason, now or when it starts (the first reason wins)."""
