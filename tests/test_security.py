@@ -450,12 +450,19 @@ def test_everything_printed_is_escaped(tmp_path: Path) -> None:
     """Paths and command lines in -v and --holders output are printed with their
     control characters escaped: no escape sequence reaches the terminal."""
     path = str(tmp_path / "evil\x1b[2J\nname.lock")
-    proc = run([TOUCHFILE, "-v", path, "--", "echo", "\x1b]0;title\x07"])
-    assert proc.returncode == 0, proc.stderr
-    assert "\x1b" not in proc.stderr and "\x07" not in proc.stderr
-    assert "took the exclusive lock on" in proc.stderr and "executing echo" in proc.stderr
-    assert proc.stderr.count("\n") == 2
-    assert "evil\\x1b[2J\\nname.lock" in proc.stderr
+    program = tmp_path / "ev\x1b[2Jil\necho"
+    program.symlink_to(shutil.which("echo") or "/bin/echo")
+    proc = run([TOUCHFILE, "-v", path, "--", str(program), "plain"])
+    assert (proc.returncode, proc.stderr) == (0, "")
+    lines = proc.stdout.splitlines()
+    assert "\x1b" not in proc.stdout and len(lines) == 3, lines
+    assert lines[1] == f"touchfile: executing {tmp_path}/ev\\x1b[2Jil\\necho"
+    with TouchFile(path) as tf:  # once -v's wait passes 1 s, stderr names the lock file
+        tf.acquire()
+        proc = run([TOUCHFILE, "-v", "-w", "1.2", path, "true"])
+    assert proc.returncode == 1 and "\x1b" not in proc.stderr
+    assert f"to lock {tmp_path}/evil\\x1b[2J\\nname.lock (exclusive)" in proc.stderr
+    assert proc.stderr.count("\n") == 2  # that line, and the timeout's
     proc = run([TOUCHFILE, "--holders", path])
     assert proc.returncode == 0
     assert proc.stdout == f"no process holds a lock on {tmp_path}/evil\\x1b[2J\\nname.lock\n"

@@ -10,23 +10,29 @@ running (supervised until it exits).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import errno
 import math
 import os
-import shlex
-import shutil
 import signal
 import sys
 import threading
 import time
-import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from ._cli_args import UsageError, parse
-from ._cli_report import HOLDERS_EVERY, Holder, Status, holders_or_none, print_holders, say
+from . import _cli_report
+from ._cli_args import Args, UsageError, parse
+from ._cli_report import (
+    HOLDERS_EVERY,
+    Holder,
+    Status,
+    holders_or_none,
+    name_program,
+    print_holders,
+    say,
+    tell,
+)
 from ._context import Context
 from ._errors import LockError, LockTimeout
 from ._holders import holders
@@ -40,6 +46,7 @@ if TYPE_CHECKING:
 # stop signal N ended the wait, -E CODE (default 1) if the lock stayed busy;
 # otherwise sysexits.h, as flock(1) uses them:
 EX_USAGE = 64  # bad command line
+EX_DATAERR = 65  # the lock cannot be taken (FD is not open, say)
 EX_NOINPUT = 66  # the lock file cannot be opened (or read, for --holders)
 EX_UNAVAILABLE = 69  # the command cannot be executed; --holders unsupported here
 EX_OSERR = 71  # out of memory or descriptors
@@ -61,6 +68,10 @@ OPEN_ERRORS = {
     errno.EROFS: EX_CANTCREAT,
     errno.ENOSPC: EX_CANTCREAT,
 }
+# The lock cannot be taken: errno -> status (EX_DATAERR otherwise), as
+# flock(1); also when it could not be opened read-write, as --fcntl -x needs.
+LOCK_ERRORS = {errno.ENOLCK: EX_OSERR, errno.ENOMEM: EX_OSERR, errno.EMFILE: EX_OSERR,
+               errno.EACCES: EX_NOINPUT, errno.EPERM: EX_NOINPUT, **OPEN_ERRORS}  # fmt: skip
 
 # si_code of a signal the kernel itself sent: the terminal's Ctrl-C, Ctrl-\
 # and hangup, which went to the whole foreground process group.
@@ -77,12 +88,14 @@ RESET_SIGNALS = (signal.SIGPIPE, signal.SIGXFSZ)
 
 
 class _Exit(Exception):
-    """The command line ends here, with status (and message, on stderr)."""
+    """The command line ends here, with status (and message, on stderr); or
+    by dying of signal signum, as flock(1) does when a signal ends its wait."""
 
-    def __init__(self, status: int, message: str = "") -> None:
+    def __init__(self, status: int, message: str = "", signum: int = 0) -> None:
         super().__init__(status, message)
         self.status = status
         self.message = message
+        self.signum = signum
 
 
 class _Stopped(BaseException):
@@ -100,21 +113,40 @@ def main(argv: list[str] | None = None) -> int:
         # handlers are being put in place, or just after.
         ignored = _catch_stop_signals()
         _open_standard_descriptors()
+        if argv is None:
+            name_program(sys.argv[0])
         args = parse(sys.argv[1:] if argv is None else argv)
+        if args.show:
+            sys.stdout.write(args.show)
+            return 0
         if args.holders:
-            return _show_holders(args.lockfile)
+            return _show_holders(str(args.lockfile))
         return _run(args, ignored)
     except UsageError as error:
-        say(f"{error} (see touchfile --help)")
+        say(f"{error} (see {_cli_report.program} --help)")
         return EX_USAGE
     except _Exit as end:
         if end.message:
             say(end.message)
+        if end.signum:
+            _die_of(end.signum)
         return end.status
     except _Stopped as stop:  # before the wait (opening the lock file, say)
+        _die_of(stop.signum)
         return 128 + stop.signum
     except KeyboardInterrupt:  # Ctrl-C before our handlers were in place
+        _die_of(signal.SIGINT)
         return 128 + signal.SIGINT
+
+
+def _die_of(signum: int) -> None:
+    """Die of signal signum, as flock(1) does, so that a parent's waitpid()
+    sees the signal; everything is cleaned up by now."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signum})  # delivered here, the latest
 
 
 def _open_standard_descriptors() -> None:
@@ -156,26 +188,30 @@ def _show_holders(path: str) -> int:
     return 0
 
 
-def _run(args: argparse.Namespace, ignored: set[int]) -> int:
+def _run(args: Args, ignored: set[int]) -> int:
     """Open, wait, run: the command's exit status."""
     # With SIGCHLD ignored the kernel would reap the command itself, and its
     # status would be lost (flock(1) resets it too).
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    tf = _open(args.lockfile)
+    tf = _open(args)
+    remote = tf._locks.backend.remote
     watched = {*STOP_SIGNALS, signal.Signals.SIGCHLD}
     lost: _Lost | None = None
-    if tf._locks.backend.remote:
+    if remote:
         watched.add(signal.Signals.SIGALRM)  # from _Lost: the lock was lost
     try:
         pid = _wait_then_spawn(tf, args, watched, ignored)
-        if tf._locks.backend.remote:
+        if pid is None:  # FD alone: locked (or unlocked), and that is all
+            return 0
+        if remote:
             lost = _Lost(tf)
     except BaseException:
-        tf.close()
+        if args.fd is None:  # never the lock of a descriptor given: it is the caller's
+            tf.close()
         raise
     wait_status = _supervise(pid, watched, ignored, lost, args.keep_running, tf)
     was_lost = lost is not None and lost.fired  # before close() ends the hold too
-    if args.close or tf._locks.backend.remote:
+    if (args.close or remote) and args.fd is None:
         tf.close()
     # Otherwise touchfile exits without unlocking, as flock(1) does: the
     # command shares the locked description, and whatever it left running
@@ -202,16 +238,43 @@ class _Lost:
         signal.pthread_kill(self.main, signal.SIGALRM)
 
 
-def _open(lockfile: str) -> LockBase:
+def _open(args: Args) -> LockBase:
+    if args.fd is not None:
+        try:
+            return TouchFile._for_command(None, args.fd, args.method, args.span)
+        except OSError as error:  # EBADF: the descriptor is not open
+            raise _lock_error(error, str(args.fd)) from None
+        except (ValueError, RuntimeError) as error:  # TOUCHFILE_NATIVE / TOUCHFILE_SIGNAL
+            raise _Exit(EX_CONFIG, str(error)) from None
+    lockfile = str(args.lockfile)
     if lockfile.startswith(URL_SCHEMES):
+        for given, option in ((args.no_fork, "-F"), (args.method != "flock", "--fcntl"),
+                              (args.kind is None, "-u")):  # fmt: skip
+            if given:
+                raise _Exit(
+                    EX_USAGE,
+                    f"{option} does not apply to a PostgreSQL lock, which touchfile's own "
+                    f"session holds (see {_cli_report.program} --help)",
+                )
         return _open_postgres(lockfile)
     try:
-        return TouchFile(lockfile, mode=0o666)  # as flock(1): 0666 less the umask
+        # 0666 less the umask, as flock(1).
+        return TouchFile._for_command(lockfile, None, args.method, args.span)
     except OSError as error:
         status = OPEN_ERRORS.get(error.errno or 0, EX_NOINPUT)
         raise _Exit(status, f"cannot open lock file {lockfile}: {error.strerror}") from None
     except (ValueError, RuntimeError) as error:  # TOUCHFILE_NATIVE / TOUCHFILE_SIGNAL
         raise _Exit(EX_CONFIG, str(error)) from None
+
+
+def _lock_error(error: OSError, name: str) -> _Exit:
+    """The lock cannot be taken, said as flock(1) says it ("NAME: reason"):
+    EX_DATAERR, or EX_OSERR when out of locks or memory; a lock file that
+    cannot be reopened read-write (--fcntl -x) is one that cannot be opened."""
+    status = LOCK_ERRORS.get(error.errno or 0, EX_DATAERR)
+    if status in (EX_NOINPUT, EX_CANTCREAT):
+        return _Exit(status, f"cannot open lock file {name}: {error.strerror}")
+    return _Exit(status, f"{name}: {error.strerror}")
 
 
 def _open_postgres(url: str) -> PostgresLock:
@@ -221,6 +284,8 @@ def _open_postgres(url: str) -> PostgresLock:
         from .postgres import PostgresLock  # says what to install, if psycopg is missing
     except ImportError as error:
         raise _Exit(EX_UNAVAILABLE, str(error)) from None
+    from urllib.parse import unquote  # here: the file path's start-up need not pay for it
+
     from ._postgres import redacted_url
 
     if not name:
@@ -229,7 +294,7 @@ def _open_postgres(url: str) -> PostgresLock:
             EX_USAGE, f"no lock name in {shown}: add #NAME (postgresql://user@host/db#NAME)"
         )
     try:
-        return PostgresLock(urllib.parse.unquote(name), dsn)
+        return PostgresLock(unquote(name), dsn)
     except PermissionError as error:
         raise _Exit(EX_NOPERM, str(error)) from None
     except (OSError, LockError) as error:
@@ -239,46 +304,62 @@ def _open_postgres(url: str) -> PostgresLock:
 
 
 def _wait_then_spawn(
-    tf: LockBase, args: argparse.Namespace, watched: set[signal.Signals], ignored: set[int]
-) -> int:
-    """Waiting, then granted: the command's pid once it runs."""
-    kind: LockType = args.kind
-    name = tf._locks.backend.name  # the lock file's path, or the lock's URL
-    status = Status(sys.stderr, name, kind) if args.verbose else None
+    tf: LockBase, args: Args, watched: set[signal.Signals], ignored: set[int]
+) -> int | None:
+    """Waiting, then granted: the command's pid once it runs (None for FD
+    alone, which runs nothing)."""
+    kind = args.kind
+    name = tf._locks.backend.name  # the lock file's path, the descriptor, or the lock's URL
+    status = Status(sys.stderr, name, kind) if args.verbose and kind is not None else None
     start = time.monotonic()
     try:
-        waited = _acquire(tf, kind, args.timeout, status)
+        if kind is None:  # -u: give back what the descriptor holds (on a new file: nothing)
+            if args.fd is not None:
+                assert isinstance(tf, TouchFile)
+                tf._unlock_descriptor()
+        else:
+            _acquire(tf, kind, args.timeout, status)
+        waited = time.monotonic() - start
         # From here on the stop signals wait blocked, for sigwaitinfo() to
         # take them and pass them on; the handler of one that came before
         # runs at the latest with the next call, and still ends everything.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, watched)
         if status:
-            status.end(f"took the {kind.value} lock on {name} after {waited:.3f} s")
-            say(f"executing {shlex.join(args.argv)}")
+            status.end("")
+        if args.verbose:
+            tell(f"getting lock took {waited:.6f} seconds")
+        if not args.argv:
+            return None
+        if args.verbose:
+            tell(f"executing {args.argv[0]}")
         # A stop signal blocked since the grant, Ctrl-C at the terminal say,
         # came before the command existed: nothing may run.
         pending = signal.sigpending() & set(STOP_SIGNALS) - ignored
         if pending:
             raise _Stopped(signal.sigwaitinfo(pending).si_signo)
-        return _spawn(tf, args.argv, mask, inherit=not args.close)
+        if args.no_fork:
+            _exec(tf, args, mask, ignored)
+        return _spawn(tf, args, mask)
     except _Stopped as stop:
         if status:
-            status.end(f"{signal.Signals(stop.signum).name} ended the wait; nothing ran")
-        raise _Exit(128 + stop.signum) from None
+            status.end("")
+        raise _Exit(128 + stop.signum, signum=stop.signum) from None
     except LockTimeout:  # busy with -n, or -w expired
         if status:
-            waited = time.monotonic() - start
-            status.end(f"gave up after {waited:.3f} s: {name} is still locked")
+            status.end("")
+        if args.verbose:
+            expired = args.timeout != 0
+            say("timeout while waiting to get lock" if expired else "failed to get lock")
         raise _Exit(int(args.conflict_exit_code)) from None
     except OSError as error:
-        if error.filename == args.argv[0]:
+        if args.argv and error.filename == args.argv[0]:
             code = EX_OSERR if error.errno == errno.ENOMEM else EX_UNAVAILABLE
             raise _Exit(code, f"failed to execute {args.argv[0]}: {error.strerror}") from None
         if status:
             status.end("")
         if error.strerror is None:  # PostgreSQL: the connection, said in one line
             raise _Exit(EX_UNAVAILABLE, str(error)) from None
-        raise _Exit(EX_OSERR, f"cannot lock {name}: {error.strerror}") from None
+        raise _lock_error(error, name) from None
     except LockError as error:  # the server failed a statement
         if status:
             status.end("")
@@ -354,13 +435,13 @@ def _acquire_told(tf: LockBase, kind: LockType, timeout: float | None, status: S
     def tell() -> None:
         found: list[Holder] | None = None
         found_at = -math.inf
-        delay = 1.0
+        delay: float | None = 1.0
         while not done.wait(delay):
             if found_at + HOLDERS_EVERY <= time.monotonic():
                 found, found_at = holders_or_none(tf), time.monotonic()
             if not done.is_set():
                 status.waiting(time.monotonic() - start, found)
-            delay = 0.5 if status.tty else math.inf
+            delay = 0.5 if status.tty else None  # not a terminal: said once
 
     teller = threading.Thread(target=tell, daemon=True)
     teller.start()
@@ -372,10 +453,14 @@ def _acquire_told(tf: LockBase, kind: LockType, timeout: float | None, status: S
     return time.monotonic() - start
 
 
-def _spawn(tf: LockBase, argv: list[str], mask: Iterable[int], inherit: bool) -> int:
-    """Start the command (it inherits the locked descriptor if inherit); its
-    pid. A PostgreSQL lock is touchfile's session's: nothing to inherit."""
-    if inherit and isinstance(tf, TouchFile):
+def _spawn(tf: LockBase, args: Args, mask: Iterable[int]) -> int:
+    """Start the command, which inherits the locked descriptor (not with -o);
+    its pid. A PostgreSQL lock is touchfile's session's: nothing to inherit."""
+    actions: list[tuple[int, int]] = []
+    if args.fd is not None:  # the command has the caller's descriptor itself
+        if args.close:
+            actions.append((os.POSIX_SPAWN_CLOSE, args.fd))
+    elif not args.close and isinstance(tf, TouchFile) and args.kind is not None:
         os.set_inheritable(tf._fileno(), True)
 
     def spawn(argv: list[str]) -> int:
@@ -383,25 +468,58 @@ def _spawn(tf: LockBase, argv: list[str], mask: Iterable[int], inherit: bool) ->
             argv[0],
             argv,
             os.environ,
+            file_actions=actions,
             setsigmask=mask,  # the command starts with the mask touchfile had
             setsigdef=RESET_SIGNALS,
         )
 
+    return _run_program(args.argv, spawn)
+
+
+def _exec(tf: LockBase, args: Args, mask: Iterable[int], ignored: set[int]) -> None:
+    """-F: become the command, which holds the lock (returns only on failure,
+    raising OSError). The lock file's descriptor is inherited; a stop signal
+    from here on has its default action, as for any command."""
+    if args.fd is None and isinstance(tf, TouchFile) and args.kind is not None:
+        os.set_inheritable(tf._fileno(), True)
+    for signum in (*STOP_SIGNALS, *RESET_SIGNALS):
+        if signum not in ignored:
+            signal.signal(signum, signal.SIG_DFL)
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()
+
+    def execute(argv: list[str]) -> int:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        try:
+            os.execvp(argv[0], argv)
+        finally:
+            signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+
+    _run_program(args.argv, execute)
+
+
+def _run_program(argv: list[str], start: Callable[[list[str]], int]) -> int:
+    """start(argv), as execvp() would run it: an executable file that is not
+    a program (a script without "#!") runs with sh. OSError names argv[0]."""
     if not argv[0]:
         raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv[0])
     try:
         try:
-            return spawn(argv)
+            return start(argv)
         except OSError as error:
-            # An executable file that is not a program (a script without
-            # "#!") runs with sh, as execvp() and so flock(1) run it.
-            program = shutil.which(argv[0]) if error.errno == errno.ENOEXEC else None
+            program = _which(argv[0]) if error.errno == errno.ENOEXEC else None
             if program is None:
                 raise
-            return spawn(["/bin/sh", program, *argv[1:]])
+            return start(["/bin/sh", program, *argv[1:]])
     except OSError as error:
         error.filename = argv[0]
         raise
+
+
+def _which(name: str) -> str | None:
+    import shutil  # rarely needed: not on every command's start-up
+
+    return shutil.which(name)
 
 
 def _supervise(

@@ -1,17 +1,27 @@
-"""The touchfile command's arguments: flock(1)'s options, and touchfile's own."""
+"""The touchfile command's arguments: flock(1)'s options, and touchfile's own.
+
+Parsed as util-linux flock(1) parses them (getopt_long with "+"): options end
+at the first argument that is not one, long options may be abbreviated to
+any unambiguous prefix (--nonblock, --excl), and a value may be attached
+(-w5, --timeout=5) or follow. An abbreviation that fits one of flock(1)'s
+options means that option, even where it also fits one of touchfile's own
+(--h is --help), so that every spelling flock(1) takes means the same here.
+"""
 
 from __future__ import annotations
 
-import argparse
-from typing import NoReturn
+import os
+import re
 
 from ._context import check_timeout
-from ._kinds import EXCLUSIVE, SHARED
+from ._kinds import EXCLUSIVE, SHARED, LockType
 from ._version import __version__
 
 USAGE = """\
-touchfile [-s | -x] [-n | -w SECONDS] [-E CODE] [-o] [-v] LOCKFILE [--] COMMAND [ARGS...]
-       touchfile [-s | -x] [-n | -w SECONDS] [-E CODE] [-o] [-v] LOCKFILE -c 'SHELL COMMAND'
+usage: touchfile [options] LOCKFILE [--] COMMAND [ARGS...]
+       touchfile [options] LOCKFILE -c 'SHELL COMMAND'
+       touchfile [options] FD
+       touchfile [options] --fd FD COMMAND [ARGS...]   (or -c 'SHELL COMMAND')
        touchfile --holders LOCKFILE"""
 
 DESCRIPTION = """\
@@ -20,13 +30,16 @@ a directory will do), as util-linux flock(1) does. The wait blocks in the
 kernel, so the command starts the moment the lock is free. The command
 inherits the lock, which stays held until it and every process it passed the
 descriptor to have exited, even if touchfile itself is killed (-o: the
-command does not inherit it).
+command does not inherit it). FD alone, a number: lock that descriptor,
+which the shell opened (exec 9>FILE; touchfile -n 9), and exit; the lock
+stays with the shell's descriptor (-u 9 gives it back).
 
 Exit status: the command's own (128+N if it died of signal N); CODE (default
-1) if the lock was busy with -n or stayed busy for the -w SECONDS; 128+N if
-signal N (SIGINT, SIGTERM, SIGHUP) ended the wait, in which case nothing
-ran; 64 for a bad command line, 66 if LOCKFILE cannot be opened, 69 if the
-command cannot be executed.
+1) if the lock was busy with -n or stayed busy for the -w SECONDS; if signal
+N (SIGINT, SIGTERM, SIGHUP) ended the wait, touchfile dies of it and nothing
+ran; 64 for a bad command line, 65 if the lock cannot be taken (FD is not
+open, say), 66 if LOCKFILE cannot be opened, 69 if the command cannot be
+executed.
 
 LOCKFILE may be a lock on PostgreSQL instead, postgresql://user@host/db#NAME
 (or postgres://), shared by every host that uses the database: the lock is
@@ -36,6 +49,39 @@ even if touchfile is killed. Then 69 means the server cannot be reached, and
 lock is lost while the command runs (its session ended), touchfile says so
 and sends the command SIGTERM (--keep-running: leaves it running), then
 exits 76 once the command has ended."""
+
+OPTIONS = """\
+options:
+  -s, --shared             take a shared lock (many holders at once)
+  -x, -e, --exclusive      take an exclusive lock (the default)
+  -u, --unlock             give back the lock on FD (a no-op on LOCKFILE)
+  -n, --nb, --nonblocking  fail at once if the lock is busy (exit CODE)
+  -w, --timeout, --wait SECONDS
+                           fail if the lock is still busy after SECONDS
+                           (a decimal; 0 = -n)
+  -E, --conflict-exit-code CODE
+                           exit status when the lock is busy (-n) or -w
+                           expires (default 1)
+  -o, --close              the command does not inherit the lock (touchfile
+                           holds it alone)
+  -c, --command 'SHELL COMMAND'
+                           run SHELL COMMAND with $SHELL -c (else /bin/sh)
+  -F, --no-fork            execute the command in touchfile's place, without
+                           forking (it holds the lock; not with -o)
+      --fcntl              lock with fcntl(F_OFD_SETLKW), an open file
+                           description's record lock, instead of flock()
+      --start OFFSET       the byte range's start (implies --fcntl)
+      --length LENGTH      the byte range's length, 0 = to the end (implies
+                           --fcntl)
+      --fd FD              lock descriptor FD around COMMAND
+  -v, --verbose            say how long the wait took and what runs; and on
+                           stderr, once the wait passes 1 s, who holds the lock
+      --keep-running       if a PostgreSQL lock is lost as the command runs,
+                           do not SIGTERM it
+      --holders            list the processes holding a lock on LOCKFILE, and
+                           exit
+  -h, --help               show this help, and exit
+  -V, --version            show the version, and exit"""
 
 EPILOG = """\
 examples:
@@ -47,6 +93,8 @@ examples:
         wait at most 30 s; exit 75 if the lock is still busy by then
   touchfile -s /var/lib/app/cache.lock -- ./read-cache
         a shared lock: many readers at once, never beside an exclusive holder
+  exec 9>/var/lock/myjob.lock; touchfile -n 9 || exit 1
+        in a script: hold the lock until the script exits (or touchfile -u 9)
   touchfile -v /tmp/backup.lock -- rsync -a /src/ /backup/
         say who holds the lock if the wait lasts more than a second
   touchfile --holders /tmp/backup.lock
@@ -54,118 +102,248 @@ examples:
   touchfile -n 'postgresql://cron@db1/ops#nightly-report' -- ./report.sh
         run the report on one host of many; the others exit 1"""
 
-# Options that take a value, for finding where the options end.
-_VALUED_SHORT = "wEc"
-_VALUED_LONG = ("--wait", "--timeout", "--conflict-exit-code", "--command")
+HELP = f"{USAGE}\n\n{DESCRIPTION}\n\n{OPTIONS}\n\n{EPILOG}\n"
+VERSION = f"touchfile {__version__}\n"
+
+# Each option's key (its short letter, or its long name if it has none) and
+# whether it takes a value: flock(1)'s, then touchfile's own.
+_SHORT = {"s": False, "x": False, "e": False, "u": False, "n": False, "o": False, "F": False,
+          "v": False, "h": False, "V": False, "w": True, "E": True, "c": True}  # fmt: skip
+_FLOCK_LONG = {
+    "shared": "s",
+    "exclusive": "x",
+    "unlock": "u",
+    "nonblocking": "n",
+    "nb": "n",
+    "timeout": "w",
+    "wait": "w",
+    "conflict-exit-code": "E",
+    "close": "o",
+    "no-fork": "F",
+    "verbose": "v",
+    "fcntl": "fcntl",
+    "start": "start",
+    "length": "length",
+    "fd": "fd",
+    "help": "h",
+    "version": "V",
+}
+_OWN_LONG = {"holders": "holders", "keep-running": "keep-running"}
+_VALUED = {"w", "E", "c", "start", "length", "fd"}
+# The options that set one of Args' flags.
+_FLAGS = {"o": "close", "F": "no_fork", "v": "verbose", "holders": "holders",
+          "keep-running": "keep_running"}  # fmt: skip
+
+# A size, as flock(1) reads --start and --length: a number and an optional
+# unit (K, KiB = 1024; KB = 1000; then M, G, T, P, E).
+_SIZE = re.compile(r"(\d+)(?:([KMGTPE])(iB|B)?)?", re.IGNORECASE)
 
 
 class UsageError(Exception):
     """A bad command line (exit 64)."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message)
+class Args:
+    """What the command line asks for."""
+
+    def __init__(self) -> None:
+        self.kind: LockType | None = EXCLUSIVE  # None: -u, give back
+        self.timeout: float | None = None  # None: wait for ever; 0: -n
+        self.conflict_exit_code = 1
+        self.close = False
+        self.no_fork = False
+        self.verbose = False
+        self.method = "flock"
+        self.span = (0, 0)  # --start, --length
+        self.lockfile: str | None = None  # a path or a postgresql:// URL
+        self.fd: int | None = None  # --fd FD, or FD alone
+        self.argv: list[str] = []  # the command; [] for FD alone
+        self.holders = False
+        self.keep_running = False
+        self.show = ""  # HELP or VERSION: print it and exit 0
+
+
+def parse(argv: list[str]) -> Args:
+    args = Args()
+    options, rest, command = _options(argv)
+    nonblock = False
+    wait: float | None = None
+    start = length = 0
+    for key, value in options:
+        if key in ("h", "V"):
+            args.show = HELP if key == "h" else VERSION
+            return args
+        if key == "s":
+            args.kind = SHARED
+        elif key in ("x", "e"):
+            args.kind = EXCLUSIVE
+        elif key == "u":
+            args.kind = None
+        elif key == "n":
+            nonblock = True
+        elif key == "w":
+            wait = _seconds(value)
+        elif key == "E":
+            args.conflict_exit_code = _exit_code(value)
+        elif key in _FLAGS:
+            setattr(args, _FLAGS[key], True)
+        elif key == "fcntl":
+            args.method = "fcntl"
+        elif key == "start":
+            start, args.method = _size(value, "start offset"), "fcntl"
+        elif key == "length":
+            length, args.method = _size(value, "length"), "fcntl"
+        elif key == "fd":
+            args.fd = _descriptor(value)
+    args.span = (start, length)
+    # -w 0 is -n, and -n wins over -w, as with flock(1).
+    args.timeout = 0.0 if nonblock else wait
+    if args.no_fork and args.close:
+        raise UsageError("the --no-fork and --close options are incompatible")
+    _positionals(args, rest, command)
+    return args
+
+
+def _options(argv: list[str]) -> tuple[list[tuple[str, str]], list[str], str | None]:
+    """(the options as (key, value), the arguments after them, -c's command)."""
+    options: list[tuple[str, str]] = []
+    command: str | None = None
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg == "--":
+            return options, argv[i:], command
+        if arg.startswith("--"):
+            name, eq, value = arg[2:].partition("=")
+            if name == "command":  # never abbreviated, as with flock(1)
+                key = "c"
+            else:
+                key, name = _long(name)
+                if key not in _VALUED:
+                    if eq:
+                        raise UsageError(f"option '--{name}' doesn't allow an argument")
+                    options.append((key, ""))
+                    continue
+            if not eq:
+                if i == len(argv):
+                    raise UsageError(f"option '--{name}' requires an argument")
+                value, i = argv[i], i + 1
+        elif arg.startswith("-") and arg != "-":
+            for j, letter in enumerate(arg[1:], 2):
+                if letter not in _SHORT:
+                    raise UsageError(f"invalid option -- '{letter}'")
+                if not _SHORT[letter]:
+                    options.append((letter, ""))
+                    continue
+                value = arg[j:]  # the rest of the argument, or the next one
+                if not value:
+                    if i == len(argv):
+                        raise UsageError(f"option requires an argument -- '{letter}'")
+                    value, i = argv[i], i + 1
+                key = letter
+                break
+            else:
+                continue
+        else:
+            return options, argv[i - 1 :], command
+        if key == "c":
+            if command is not None:
+                raise UsageError("-c given twice")
+            command = value
+        else:
+            options.append((key, value))
+    return options, [], command
+
+
+def _long(name: str) -> tuple[str, str]:
+    """(key, full name) of the long option name abbreviates."""
+    for table in (_FLOCK_LONG, _OWN_LONG):
+        if name in table:
+            return table[name], name
+    for table in (_FLOCK_LONG, _OWN_LONG):
+        found = sorted(full for full in table if full.startswith(name))
+        if len({table[full] for full in found}) == 1:
+            return table[found[0]], found[0]
+        if found:
+            choices = " ".join(f"'--{full}'" for full in found)
+            raise UsageError(f"option '--{name}' is ambiguous; possibilities: {choices}")
+    raise UsageError(f"unrecognized option '--{name}'")
+
+
+def _positionals(args: Args, rest: list[str], command: str | None) -> None:
+    """LOCKFILE (or FD) and the command, from what follows the options."""
+    if args.holders:
+        if len(rest) != 1 or command is not None or args.fd is not None:
+            raise UsageError("--holders takes only LOCKFILE, no command")
+        args.lockfile = rest[0]
+        return
+    if args.fd is None and command is None and len(rest) == 1:
+        if not (rest[0].isascii() and rest[0].isdigit()):
+            raise UsageError(
+                f"no command given, and {rest[0]!r} is not a descriptor number "
+                "(touchfile LOCKFILE COMMAND, touchfile LOCKFILE -c '...', or touchfile FD)"
+            )
+        args.fd = _descriptor(rest[0])  # FD alone: -o and -F do nothing, as with flock(1)
+        return
+    if args.fd is None:
+        if not rest:
+            raise UsageError("no LOCKFILE given")
+        args.lockfile, rest = rest[0], rest[1:]
+        if rest and rest[0] == "--":
+            rest = rest[1:]
+        elif rest and (rest[0] in ("-c", "--command") or rest[0].startswith("--command=")):
+            if command is not None:
+                raise UsageError("-c given twice")
+            given = rest[0].partition("=")[2:] if "=" in rest[0] else rest[1:]
+            if len(given) != 1:
+                option = rest[0].partition("=")[0]
+                raise UsageError(f"{option} requires exactly one command argument")
+            command, rest = given[0], []
+    elif rest and rest[0] == "--":
+        rest = rest[1:]
+    if command is not None:
+        if rest:
+            raise UsageError("give either -c 'SHELL COMMAND' or COMMAND [ARGS...], not both")
+        # $SHELL, as flock(1) runs it; /bin/sh when it is unset or empty.
+        args.argv = [os.environ.get("SHELL") or "/bin/sh", "-c", command]
+    elif rest:
+        args.argv = rest
+    elif args.fd is not None:
+        raise UsageError("--fd FD needs a command (or give FD alone, without --fd)")
+    else:
+        raise UsageError("no command given (touchfile LOCKFILE COMMAND, or LOCKFILE -c '...')")
 
 
 def _seconds(text: str) -> float:
     try:
         return check_timeout(float(text))
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"invalid timeout {text!r}: expected a number of seconds >= 0"
-        ) from None
+        raise UsageError(f"invalid timeout {text!r}: expected a number of seconds >= 0") from None
 
 
 def _exit_code(text: str) -> int:
     code = int(text) if text.isascii() and text.isdigit() else -1
     if not 0 <= code <= 255:
-        raise argparse.ArgumentTypeError(f"invalid exit code {text!r}: expected 0 to 255")
+        raise UsageError(f"invalid exit code {text!r}: expected 0 to 255")
     return code
 
 
-def _parser() -> _Parser:
-    p = _Parser(
-        prog="touchfile",
-        usage=USAGE,
-        description=DESCRIPTION,
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,
-    )
-    add = p.add_argument
-    add("-s", "--shared", dest="kind", action="store_const", const=SHARED, default=EXCLUSIVE,
-        help="take a shared lock (many holders at once)")  # fmt: skip
-    add("-x", "-e", "--exclusive", dest="kind", action="store_const", const=EXCLUSIVE,
-        help="take an exclusive lock (the default)")  # fmt: skip
-    add("-n", "--nonblock", "--nb", action="store_true",
-        help="fail at once if the lock is busy (exit CODE)")  # fmt: skip
-    add("-w", "--wait", "--timeout", metavar="SECONDS", type=_seconds,
-        help="fail if the lock is still busy after SECONDS (a decimal; 0 = -n)")  # fmt: skip
-    add("-E", "--conflict-exit-code", metavar="CODE", type=_exit_code, default=1,
-        help="exit status when the lock is busy (-n) or -w expires (default 1)")  # fmt: skip
-    add("-o", "--close", action="store_true",
-        help="the command does not inherit the lock (touchfile holds it alone)")  # fmt: skip
-    add("-c", "--command", metavar="'SHELL COMMAND'",
-        help="run SHELL COMMAND with sh -c")  # fmt: skip
-    add("-v", "--verbose", action="store_true",
-        help="say on stderr who holds the lock once the wait passes 1 s")  # fmt: skip
-    add("--keep-running", action="store_true",
-        help="if a PostgreSQL lock is lost as the command runs, do not SIGTERM it")  # fmt: skip
-    add("--holders", action="store_true",
-        help="list the processes holding a lock on LOCKFILE, and exit")  # fmt: skip
-    add("-V", "--version", action="version", version=f"touchfile {__version__}")
-    add("lockfile", metavar="LOCKFILE", nargs="?", help=argparse.SUPPRESS)
-    return p
+def _descriptor(text: str) -> int:
+    fd = int(text) if text.isascii() and text.isdigit() else -1
+    if not 0 <= fd <= 2**31 - 1:
+        raise UsageError(f"invalid file descriptor {text!r}: expected a number >= 0")
+    return fd
 
 
-def _split(argv: list[str]) -> tuple[list[str], list[str]]:
-    """Options end at LOCKFILE, as with flock(1): (options + LOCKFILE, the rest)."""
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg == "--":
-            return argv[: i + 2], argv[i + 2 :]
-        if arg.startswith("--"):
-            if arg in _VALUED_LONG:
-                i += 1  # its value is the next argument
-        elif arg.startswith("-") and arg != "-":
-            for j, letter in enumerate(arg[1:], 1):
-                if letter in _VALUED_SHORT:  # the value is the rest, or the next argument
-                    i += j == len(arg) - 1
-                    break
-        else:
-            return argv[: i + 1], argv[i + 1 :]
-        i += 1
-    return argv, []
-
-
-def parse(argv: list[str]) -> argparse.Namespace:
-    head, rest = _split(argv)
-    args = _parser().parse_args(head)
-    if args.lockfile is None:
-        raise UsageError("no LOCKFILE given")
-    if rest and rest[0] == "--":
-        rest = rest[1:]
-    elif rest and (rest[0] in ("-c", "--command") or rest[0].startswith("--command=")):
-        if args.command is not None:
-            raise UsageError("-c given twice")
-        given = rest[0].partition("=")[2:] if "=" in rest[0] else rest[1:]
-        if len(given) != 1:
-            raise UsageError("-c takes exactly one argument, the shell command")
-        args.command, rest = given[0], []
-    if args.holders:
-        if rest or args.command is not None:
-            raise UsageError("--holders takes only LOCKFILE, no command")
-        return args
-    if args.command is not None:
-        if rest:
-            raise UsageError("give either -c 'SHELL COMMAND' or COMMAND [ARGS...], not both")
-        args.argv = ["/bin/sh", "-c", args.command]
-    elif rest:
-        args.argv = rest
-    else:
-        raise UsageError("no command given (touchfile LOCKFILE COMMAND, or LOCKFILE -c '...')")
-    # -w 0 is -n, and -n wins over -w, as with flock(1).
-    args.timeout = 0.0 if args.nonblock else args.wait
-    return args
+def _size(text: str, what: str) -> int:
+    match = _SIZE.fullmatch(text.strip()) if text.isascii() else None
+    if match is None:
+        raise UsageError(f"invalid {what} {text!r}: expected a number of bytes (K, M, ... allowed)")
+    number, unit, suffix = match.groups()
+    power = 0 if unit is None else "KMGTPE".index(unit.upper()) + 1
+    base = 1000 if suffix is not None and suffix.upper() == "B" else 1024
+    size: int = int(number) * base**power
+    if size > 2**63 - 1:
+        raise UsageError(f"invalid {what} {text!r}: too large")
+    return size

@@ -30,11 +30,29 @@ class Holder(Protocol):
 # How often -v on a terminal looks again for who holds the lock, in seconds.
 HOLDERS_EVERY = 2.0
 
+# The name messages begin with: the one touchfile was run as, as flock(1)
+# does (a link named flock to touchfile says "flock: ...").
+program = "touchfile"
+
+
+def name_program(argv0: str) -> None:
+    global program
+    name = os.path.basename(argv0)
+    program = "touchfile" if not name or name.endswith(".py") else printable(name)
+
 
 def say(message: str) -> None:
+    """A line on stderr."""
     with contextlib.suppress(OSError, ValueError, AttributeError):  # stderr gone
-        sys.stderr.write(f"touchfile: {printable(message)}\n")
+        sys.stderr.write(f"{program}: {printable(message)}\n")
         sys.stderr.flush()
+
+
+def tell(message: str) -> None:
+    """A line on stdout, as flock(1)'s --verbose prints it."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):  # stdout gone
+        sys.stdout.write(f"{program}: {printable(message)}\n")
+        sys.stdout.flush()
 
 
 def print_holders(path: str, found: list[Holder]) -> None:
@@ -77,7 +95,7 @@ class Status:
         else:
             who = f", held by {len(found)} processes: " + "; ".join(map(_describe, found))
         path = printable(self.path)
-        text = f"touchfile: waiting {elapsed:.1f} s to lock {path} ({self.kind.value}){who}"
+        text = f"{program}: waiting {elapsed:.1f} s to lock {path} ({self.kind.value}){who}"
         if self.tty:
             try:
                 width = os.get_terminal_size(self.stream.fileno()).columns or 80
@@ -93,7 +111,7 @@ class Status:
             self._write("\r\x1b[K")
             self.showing = False
         if message:
-            self._write(f"touchfile: {printable(message)}\n")
+            self._write(f"{program}: {printable(message)}\n")
 
     def _write(self, text: str) -> None:
         with contextlib.suppress(OSError, ValueError):  # stderr gone: say nothing
