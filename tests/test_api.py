@@ -6,6 +6,8 @@ import math
 import os
 import pickle
 import stat
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -369,3 +371,30 @@ def test_context_cancel_propagates_down_only() -> None:
     assert other.cancelled
     assert Context.with_cancel(parent=root).cancelled
     assert "cancelled" in repr(root)
+
+
+def test_import_is_lazy() -> None:
+    """import touchfile loads nothing but its version until a name is used (the
+    command relies on it); then each name is the one its module defines, and
+    dir() and a bad name behave as for any module."""
+    code = """
+import sys, touchfile
+assert sorted(m for m in sys.modules if m.startswith("touchfile")) == [
+    "touchfile", "touchfile._version"], sys.modules
+from touchfile._lock import TouchFile
+assert touchfile.TouchFile is TouchFile and "TouchFile" in dir(touchfile)
+assert "touchfile._fork" in sys.modules  # the child of a fork() is reset
+from touchfile import *
+assert LockTimeout.__module__ == "touchfile._errors"
+try:
+    touchfile.Nope
+except AttributeError as error:
+    assert str(error) == "module 'touchfile' has no attribute 'Nope'"
+else:
+    raise AssertionError("no AttributeError")
+print("ok")
+"""
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd="/"
+    )
+    assert (proc.stdout, proc.stderr) == ("ok\n", "")

@@ -724,3 +724,39 @@ def test_holders_omits_a_taker_that_passed_the_lock_on(
     with TouchFile(lock_path) as tf:
         found = tf.holders()
     assert [(h.pid, h.command) for h in found] == [(child, "sleep 30")]
+
+
+# ---- the first try -------------------------------------------------------------------
+
+
+def test_first_try_imports_nothing_heavy() -> None:
+    """The command's entry point tries the lock before the rest of touchfile (and
+    typing, threading, enum, cffi) is imported: a free lock is taken as soon as
+    Python is up."""
+    code = (
+        "import sys, touchfile._cli\n"
+        "print(' '.join(sorted(m for m in sys.modules if m.startswith('touchfile')"
+        " or m in ('typing', 'threading', 'enum', '_cffi_backend', 're'))))"
+    )
+    proc = run([sys.executable, "-c", code])
+    assert proc.stdout.split() == [
+        "touchfile", "touchfile._cli", "touchfile._cli_args", "touchfile._cli_report",
+        "touchfile._lockop", "touchfile._open", "touchfile._version",
+    ]  # fmt: skip
+
+
+@pytest.mark.usefixtures("mode")  # waits: native and polling
+@pytest.mark.parametrize(("method", "tool"), [("", "fcntl"), ("--fcntl", "lockf")])
+def test_first_try_descriptor_is_the_lock(
+    lock_path: str, holders: Holders, method: str, tool: str
+) -> None:
+    """The descriptor of the first try (busy here) is the one the lock then
+    waits on and keeps: touchfile has one descriptor of the lock file, not two."""
+    holder = hold(holders, lock_path, tool=tool)
+    args = [*([method] if method else []), lock_path, "sh", "-c", "ls -l /proc/$PPID/fd/"]
+    proc = subprocess.Popen([TOUCHFILE, *args], stdout=subprocess.PIPE, text=True)
+    time.sleep(0.3)  # tried, and waiting
+    holder.release()
+    out, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 0
+    assert out.count(lock_path) == 1, out

@@ -473,3 +473,16 @@ def test_fd_form_deadline(lock_path: str) -> None:
             capture_output=True, text=True, timeout=30,
         )  # fmt: skip
     assert (proc.returncode, proc.stderr) == (9, "")
+
+
+def test_fd_form_failure_leaves_the_descriptor_unlocked(lock_path: str) -> None:
+    """FD alone that fails (here, a bad TOUCHFILE_NATIVE: status 78) leaves the
+    caller's descriptor as it was: unlocked."""
+    script = """
+    exec 9>"$L"
+    TOUCHFILE_NATIVE=maybe $T -n 9; echo "failed $?"
+    $T -n -E 7 "$L" true; echo "other $?"
+    """
+    proc = sh(script, TOUCHFILE, lock_path)
+    assert proc.stdout == "failed 78\nother 0\n"
+    assert proc.stderr == "touchfile: TOUCHFILE_NATIVE must be 0 or 1, not 'maybe'\n"

@@ -64,11 +64,13 @@ def test_waits_for_record_lock_users(lock_path: str, holders: Holders, tool: str
         tf.release()
         with pytest.raises(LockTimeout):
             tf.acquire(timeout=0.2)
-        threading.Timer(0.2, holder.release).start()
+        releaser = threading.Timer(0.2, holder.release)
+        releaser.start()
         t0 = time.monotonic()
         tf.acquire(timeout=10)
         assert 0.1 < time.monotonic() - t0 < 5
         tf.release()
+        releaser.join()  # the holder said when it let go: it may be stopped now
 
 
 def test_flock_and_fcntl_locks_do_not_exclude_each_other(lock_path: str) -> None:

@@ -6,15 +6,15 @@ any unambiguous prefix (--nonblock, --excl), and a value may be attached
 (-w5, --timeout=5) or follow. An abbreviation that fits one of flock(1)'s
 options means that option, even where it also fits one of touchfile's own
 (--h is --help), so that every spelling flock(1) takes means the same here.
+
+The command parses before it imports the rest of touchfile (see _cli.py), so
+this module imports nothing of it but the version.
 """
 
 from __future__ import annotations
 
 import os
-import re
 
-from ._context import check_timeout
-from ._kinds import EXCLUSIVE, SHARED, LockType
 from ._version import __version__
 
 USAGE = """\
@@ -136,7 +136,7 @@ _FLAGS = {"o": "close", "F": "no_fork", "v": "verbose", "holders": "holders",
 
 # A size, as flock(1) reads --start and --length: a number and an optional
 # unit (K, KiB = 1024; KB = 1000; then M, G, T, P, E).
-_SIZE = re.compile(r"(\d+)(?:([KMGTPE])(iB|B)?)?", re.IGNORECASE)
+_UNITS = "KMGTPE"
 
 
 class UsageError(Exception):
@@ -147,7 +147,7 @@ class Args:
     """What the command line asks for."""
 
     def __init__(self) -> None:
-        self.kind: LockType | None = EXCLUSIVE  # None: -u, give back
+        self.kind: str | None = "exclusive"  # "shared", or None: -u, give back
         self.timeout: float | None = None  # None: wait for ever; 0: -n
         self.conflict_exit_code = 1
         self.close = False
@@ -174,9 +174,9 @@ def parse(argv: list[str]) -> Args:
             args.show = HELP if key == "h" else VERSION
             return args
         if key == "s":
-            args.kind = SHARED
+            args.kind = "shared"
         elif key in ("x", "e"):
-            args.kind = EXCLUSIVE
+            args.kind = "exclusive"
         elif key == "u":
             args.kind = None
         elif key == "n":
@@ -317,9 +317,12 @@ def _positionals(args: Args, rest: list[str], command: str | None) -> None:
 
 def _seconds(text: str) -> float:
     try:
-        return check_timeout(float(text))
+        seconds = float(text)
     except ValueError:
-        raise UsageError(f"invalid timeout {text!r}: expected a number of seconds >= 0") from None
+        seconds = -1.0
+    if not seconds >= 0:  # negative, or NaN
+        raise UsageError(f"invalid timeout {text!r}: expected a number of seconds >= 0")
+    return seconds
 
 
 def _exit_code(text: str) -> int:
@@ -337,12 +340,13 @@ def _descriptor(text: str) -> int:
 
 
 def _size(text: str, what: str) -> int:
-    match = _SIZE.fullmatch(text.strip()) if text.isascii() else None
-    if match is None:
+    digits = len(text) - len(text.lstrip("0123456789"))
+    number, unit = text[:digits], text[digits:].upper()
+    power = _UNITS.find(unit[:1]) + 1 if unit else 0
+    bad_unit = unit and (not power or unit[1:] not in ("", "IB", "B"))
+    if not number or not text.isascii() or bad_unit:
         raise UsageError(f"invalid {what} {text!r}: expected a number of bytes (K, M, ... allowed)")
-    number, unit, suffix = match.groups()
-    power = 0 if unit is None else "KMGTPE".index(unit.upper()) + 1
-    base = 1000 if suffix is not None and suffix.upper() == "B" else 1024
+    base = 1000 if unit[1:] == "B" else 1024
     size: int = int(number) * base**power
     if size > 2**63 - 1:
         raise UsageError(f"invalid {what} {text!r}: too large")

@@ -6,25 +6,26 @@ goes through printable(), so no escape sequence reaches a terminal.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
-from typing import Protocol, TextIO
 
-from ._errors import LockError
-from ._kinds import LockType
-from ._lock import LockBase
+# The command imports this module before the rest of touchfile (see _cli.py).
+TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
+if TYPE_CHECKING:
+    from typing import Protocol, TextIO
 
+    from ._kinds import LockType
+    from ._lock import LockBase
 
-class Holder(Protocol):
-    """A holder as the command shows it: a LockHolder, or a PostgresHolder."""
+    class Holder(Protocol):
+        """A holder as the command shows it: a LockHolder, or a PostgresHolder."""
 
-    @property
-    def pid(self) -> int: ...
-    @property
-    def kind(self) -> LockType: ...
-    @property
-    def command(self) -> str | None: ...
+        @property
+        def pid(self) -> int: ...
+        @property
+        def kind(self) -> LockType: ...
+        @property
+        def command(self) -> str | None: ...
 
 
 # How often -v on a terminal looks again for who holds the lock, in seconds.
@@ -43,16 +44,23 @@ def name_program(argv0: str) -> None:
 
 def say(message: str) -> None:
     """A line on stderr."""
-    with contextlib.suppress(OSError, ValueError, AttributeError):  # stderr gone
-        sys.stderr.write(f"{program}: {printable(message)}\n")
-        sys.stderr.flush()
+    write(sys.stderr, f"{program}: {printable(message)}\n")
 
 
 def tell(message: str) -> None:
     """A line on stdout, as flock(1)'s --verbose prints it."""
-    with contextlib.suppress(OSError, ValueError, AttributeError):  # stdout gone
-        sys.stdout.write(f"{program}: {printable(message)}\n")
-        sys.stdout.flush()
+    write(sys.stdout, f"{program}: {printable(message)}\n")
+
+
+def write(stream: TextIO | None, text: str) -> None:
+    """text on stream, at once; nothing if the stream is gone (closed, None)."""
+    if stream is None:  # sys.stderr is None when started without one
+        return
+    try:
+        stream.write(text)
+        stream.flush()
+    except (OSError, ValueError):  # closed, or its reader gone (EPIPE)
+        return
 
 
 def print_holders(path: str, found: list[Holder]) -> None:
@@ -67,6 +75,8 @@ def print_holders(path: str, found: list[Holder]) -> None:
 
 
 def holders_or_none(lk: LockBase) -> list[Holder] | None:
+    from ._errors import LockError
+
     try:
         found: list[Holder] = lk._locks.backend.holders()
     except (NotImplementedError, OSError, LockError):
@@ -114,9 +124,7 @@ class Status:
             self._write(f"{program}: {printable(message)}\n")
 
     def _write(self, text: str) -> None:
-        with contextlib.suppress(OSError, ValueError):  # stderr gone: say nothing
-            self.stream.write(text)
-            self.stream.flush()
+        write(self.stream, text)
 
 
 def _describe(holder: Holder) -> str:

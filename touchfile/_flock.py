@@ -25,7 +25,6 @@ import errno
 import fcntl
 import os
 import signal
-import struct
 import sys
 import threading
 import time
@@ -37,6 +36,8 @@ from ._context import Context
 from ._errors import LockError
 from ._holders import LockHolder, holders
 from ._kinds import EXCLUSIVE, LockType
+from ._lockop import OFD as _OFD
+from ._lockop import lock_op
 from ._native import Outcome
 from ._open import open_lock_file
 
@@ -44,10 +45,6 @@ OK, BUSY, STALE, INTERRUPTED = Outcome.OK, Outcome.BUSY, Outcome.STALE, Outcome.
 DEADLINE, NO_HANDLER = Outcome.DEADLINE, Outcome.NO_HANDLER
 
 _EX, _SH, _UN, _NB, _flock = fcntl.LOCK_EX, fcntl.LOCK_SH, fcntl.LOCK_UN, fcntl.LOCK_NB, fcntl.flock
-_OFD = _native.OFD
-
-# struct flock, for fcntl(F_OFD_SETLK): l_type, l_whence, l_start, l_len, l_pid.
-_FLOCK_STRUCT = struct.Struct("hhqqi")
 
 METHODS = ("flock", "fcntl")
 
@@ -70,12 +67,14 @@ def choose(
     method: str = "flock",
     span: tuple[int, int] = (0, 0),
     fd: int | None = None,
+    adopt: int | None = None,
 ) -> FlockPolling:
     """The flock backend for path (None: a new temporary lock file), as
     TOUCHFILE_NATIVE says: unset = native if built, "1" = native required,
     "0" = poll. Opens (creates) the lock file. method "fcntl": OFD locks on
     span, (start, length) (length 0: to the end). fd: lock that descriptor
-    (inherited, say), not a path's file.
+    (inherited, say), not a path's file. adopt: a descriptor of path's file,
+    opened as open() opens it, to be the first handle (the command's).
 
     Raises ValueError for a bad TOUCHFILE_NATIVE or TOUCHFILE_SIGNAL,
     RuntimeError when TOUCHFILE_NATIVE=1 and the core is not built, and
@@ -92,7 +91,7 @@ def choose(
         _native.use_signal(_native.parse_signal(os.environ.get("TOUCHFILE_SIGNAL", "SIGURG")))
         _signal_chosen = True
     cls = FlockNative if setting != "0" and _native.AVAILABLE else FlockPolling
-    return cls(path, mode, method, span, fd)
+    return cls(path, mode, method, span, fd, adopt)
 
 
 class FlockHandle:
@@ -125,20 +124,6 @@ class FlockHandle:
         # one the parent still locks with; closing a copy leaves that alone.
         with contextlib.suppress(OSError):
             self.close()
-
-
-def lock_op(fd: int, op: int, span: tuple[int, int]) -> None:
-    """flock(fd, op), or with _OFD in op, the same as fcntl(F_OFD_SETLK[W])
-    on span. Raises BlockingIOError when busy (with LOCK_NB), OSError."""
-    if not op & _OFD:
-        _flock(fd, op)
-        return
-    kind = fcntl.F_WRLCK if op & _EX else fcntl.F_RDLCK if op & _SH else fcntl.F_UNLCK
-    arg = _FLOCK_STRUCT.pack(kind, os.SEEK_SET, span[0], span[1], 0)
-    try:
-        fcntl.fcntl(fd, fcntl.F_OFD_SETLK if op & _NB else fcntl.F_OFD_SETLKW, arg)
-    except PermissionError as error:  # EACCES: POSIX lets F_SETLK say "busy" so
-        raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN)) from error
 
 
 def py_try_range(
@@ -207,7 +192,9 @@ class PollingWaiter:
 class FlockPolling:
     """flock() on the lock file at a path, waiting by polling."""
 
-    __slots__ = ("_bpath", "_fd", "_method", "_mode", "_span", "_temporary", "_try", "name")
+    __slots__ = (
+        "_adopted", "_bpath", "_fd", "_method", "_mode", "_span", "_temporary", "_try", "name"
+    )  # fmt: skip
 
     remote = False
 
@@ -222,9 +209,11 @@ class FlockPolling:
         method: str = "flock",
         span: tuple[int, int] = (0, 0),
         fd: int | None = None,
+        adopt: int | None = None,
     ) -> None:
         # _OFD for method "fcntl", added to every op.
         self._method = _OFD if method == "fcntl" else 0
+        self._adopted = adopt  # the first handle's descriptor, if given
         self._span = span
         self._fd = fd
         # (dev, ino) of the private file of TouchFile(), never re-created:
@@ -261,7 +250,11 @@ class FlockPolling:
 
     def open(self) -> FlockHandle:
         handle = FlockHandle()
-        self._reopen(handle, writable=False)
+        adopted, self._adopted = self._adopted, None
+        if adopted is not None:
+            handle.opened(adopted, writable=False)
+        else:
+            self._reopen(handle, writable=False)
         return handle
 
     def _reopen(self, handle: FlockHandle, writable: bool) -> None:

@@ -14,7 +14,10 @@ from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from . import _flock
+from . import (
+    _flock,
+    _fork,  # noqa: F401  (resets the child after fork(), once locks exist)
+)
 from ._acquire import Locks, begin, end_hold, held_context
 from ._backend import Backend
 from ._context import Context
@@ -284,16 +287,23 @@ class TouchFile(LockBase):
 
     @classmethod
     def _for_command(
-        cls, path: str | None, fd: int | None, method: str, span: tuple[int, int]
+        cls,
+        path: str | None,
+        fd: int | None,
+        method: str,
+        span: tuple[int, int],
+        adopt: int | None = None,
     ) -> TouchFile:
         """The command's lock: on the file at path (created 0666 less the
         umask, as flock(1) does), or on the open file description of fd,
         which is then the path; with method "fcntl", on the bytes of span
-        (start, length; length 0: to the end). Raises OSError."""
+        (start, length; length 0: to the end). adopt: a descriptor of path's
+        file, opened as the backend opens it (and perhaps locked already),
+        to be the first handle. Raises OSError."""
         if path == "":  # os.path.abspath("") would be the current directory
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
         tf = cls.__new__(cls)
-        tf._begin(_flock.choose(path, 0o666, method, span, fd))
+        tf._begin(_flock.choose(path, 0o666, method, span, fd, adopt))
         return tf
 
     def _unlock_descriptor(self) -> None:

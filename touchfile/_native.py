@@ -15,6 +15,7 @@ import os
 import signal
 from typing import Any, Callable, Protocol, cast
 
+from ._lockop import OFD
 from ._version import __version__
 
 
@@ -32,10 +33,6 @@ class Outcome(enum.IntEnum):
 
 
 _OUTCOMES = tuple(Outcome)  # by value, for the hot path
-
-# TF_OFD (checked at load), added to an op: fcntl()'s open file description
-# record lock (F_OFD_SETLK) instead of flock().
-OFD = 256
 
 _ALLOWED = "SIGURG, SIGUSR1, SIGUSR2, or SIGRTMIN+N / SIGRTMAX-N"
 
