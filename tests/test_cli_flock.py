@@ -14,12 +14,11 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers import TOUCHFILE, Holders, hold, probe, program, wait_until
+from helpers import TOUCHFILE, Holders, hold, program, wait_until
 
 FLOCK = shutil.which("flock")
 
@@ -31,7 +30,7 @@ def flock_accepts(*options: str) -> bool:
         return False
     with open(os.devnull) as null:
         proc = subprocess.run(
-            [FLOCK, *options, "/tmp", "true"], stdin=null, capture_output=True, timeout=30
+            [FLOCK, "-n", *options, "/tmp", "true"], stdin=null, capture_output=True, timeout=30
         )
     return proc.returncode != 64
 
@@ -167,6 +166,15 @@ def test_util_linux_range_lock_case(tool: str, tmp_path: Path) -> None:
     assert (proc.returncode, out, err) == (0, "", "")
 
 
+def _blocked_on(path: str) -> bool:
+    """Is a process blocked in the kernel waiting for a lock on path's file?
+    (/proc/locks shows a waiter as "N: -> FLOCK ...")."""
+    st = os.stat(path)
+    key = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    with open("/proc/locks") as f:
+        return any("->" in line and f" {key} " in line for line in f)
+
+
 def _ofd_locks(pid: int) -> list[str]:
     """The OFD locks of pid's descriptors: ["READ 1 2", ...]."""
     found = []
@@ -250,11 +258,61 @@ def test_no_fork_execs_the_command(tool: str, lock_path: str) -> None:
     assert lines[2:] == ["busy 7", "with -o 64"]
 
 
-def test_no_fork_exec_failure(tool: str, lock_path: str) -> None:
-    """-F with a command that cannot be run: status 69, and the lock is not held."""
-    proc = sh('$T -F "$L" /nonexistent/program', tool, lock_path)
-    assert proc.returncode == 69 and "/nonexistent/program" in proc.stderr
-    assert probe(lock_path)
+@pytest.mark.parametrize("no_fork", [[], ["-F"]])
+def test_exec_failure(tool: str, lock_path: str, no_fork: list[str]) -> None:
+    """A command that cannot be run, forked or not: status 69, one line naming it."""
+    proc = sh(f'$T {" ".join(no_fork)} "$L" /nonexistent/program', tool, lock_path)
+    assert proc.returncode == 69
+    assert proc.stderr.startswith(f"{name(tool)}: failed to execute /nonexistent/program: ")
+
+
+def test_lock_error_is_not_an_exec_failure(tool: str, tmp_path: Path) -> None:
+    """A lock that cannot be taken on a file that is also the command (flock -en
+    "$0" "$0", here a directory with --fcntl, whose F_WRLCK fails) is a lock
+    error, 65 "NAME: reason", never "failed to execute" (69)."""
+    needs(tool, "--fcntl")
+    directory = tmp_path / "d"
+    directory.mkdir()
+    proc = sh(f'$T --fcntl d "{directory}"', tool, str(tmp_path / "unused"))
+    assert (proc.returncode, proc.stderr) == (65, f"{name(tool)}: d: Is a directory\n")
+
+
+def test_fcntl_exclusive_needs_a_writable_file(tool: str, tmp_path: Path) -> None:
+    """--fcntl -x on a file the user cannot write: the lock file cannot be opened
+    (66), as flock(1) opens it for writing; -s works (root without the
+    capability to override permissions, here)."""
+    needs(tool, "--fcntl")
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv(1) to drop the capability to override permissions")
+    locked = tmp_path / "ro.lock"
+    locked.touch(0o444)
+
+    def unprivileged(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = ["setpriv", "--bounding-set=-all", tool, *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=30, cwd="/")
+
+    proc = unprivileged("--fcntl", str(locked), "true")
+    assert (proc.returncode, proc.stderr) == (
+        66, f"{name(tool)}: cannot open lock file {locked}: Permission denied\n"
+    )  # fmt: skip
+    assert unprivileged("--fcntl", "-s", str(locked), "true").returncode == 0
+
+
+def test_failed_conversion_keeps_the_callers_lock(tool: str, lock_path: str) -> None:
+    """FD's shared fcntl lock, which a failed -x -n cannot convert (another shared
+    holder): the caller still holds its shared lock afterwards."""
+    needs(tool, "--fcntl")
+    script = """
+    exec 9<>"$L"
+    $T --fcntl -s 9
+    $T --fcntl -s "$L" sleep 1 &
+    sleep 0.3
+    $T --fcntl -x -n 9; echo "convert $?"
+    wait
+    $T --fcntl -x -n -E 7 "$L" true; echo "after $?"
+    """
+    proc = sh(script, tool, lock_path)
+    assert (proc.stdout, proc.stderr) == ("convert 1\nafter 7\n", "")
 
 
 @pytest.mark.parametrize("holder_tool", ["lockf", "fasteners"])
@@ -324,7 +382,7 @@ def test_bad_range(tool: str, lock_path: str, value: str) -> None:
         (["--no"], 64),  # ambiguous: --nonblocking, --no-fork
         (["--bogus"], 64),
         (["--shared=1"], 64),  # takes no value
-        (["-w"], 64),  # needs one
+        (["--conf"], 64),  # needs one: takes the lock file, then wants a number
     ],
 )
 def test_option_spellings(
@@ -332,12 +390,69 @@ def test_option_spellings(
 ) -> None:
     """Long options abbreviate to any unambiguous prefix, as getopt_long() allows;
     an ambiguous or unknown one is a usage error (64)."""
-    needs(tool, *[s for s in spelling if s not in ("--n", "--no", "--bogus", "--shared=1", "-w")])
+    errors = ("--n", "--no", "--bogus", "--shared=1", "--conf")  # 64 in every version
+    needs(tool, *[s for s in spelling if s not in errors])
     hold(holders, lock_path, "shared")
     proc = sh(f'$T -E 7 {" ".join(spelling)} "$L" true', tool, lock_path)
     assert proc.returncode == status, proc.stderr
     if status == 64:  # one line saying what is wrong (flock(1) adds a second, a hint)
         assert re.search("ambiguous|unrecognized|argument|invalid", proc.stderr.splitlines()[0])
+
+
+@pytest.mark.parametrize("option", ["-w", "--timeout", "-E", "--fd"])
+def test_missing_value(tool: str, option: str) -> None:
+    """An option that needs a value, last on the line: a usage error (64)."""
+    if option == "--fd":
+        needs(tool, "--fd", "0")
+    proc = subprocess.run([tool, option], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 64 and "requires an argument" in proc.stderr
+
+
+@pytest.mark.parametrize("first", ["-h", "--help", "-V", "--version"])
+def test_help_and_version_act_at_once(tool: str, first: str) -> None:
+    """--help and --version act when read, whatever follows (status 0)."""
+    proc = subprocess.run([tool, first, "--bogus", "-w"], capture_output=True, timeout=30)
+    assert (proc.returncode, proc.stderr) == (0, b"")
+    assert proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("010", "8"), ("0x10", "16"), ("+5", "5"), (" 5", "5"), ("1.5K", "1536"),
+     ("1KiB", "1024"), ("2KB", "2000")],
+)  # fmt: skip
+def test_start_is_read_as_flock_reads_it(
+    tool: str, tmp_path: Path, value: str, expected: str
+) -> None:
+    """--start OFFSET as flock(1) reads sizes: octal, hexadecimal, a sign, units."""
+    needs(tool, "--start", "0")
+    proc = subprocess.Popen(
+        [tool, "-s", "--start", value, str(tmp_path), "-c", 'echo "$$"; read x'],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        pid = int(proc.stdout.readline())
+        assert _ofd_locks(pid) == [f"READ {expected} EOF"]
+    finally:
+        proc.communicate("\n", timeout=10)
+
+
+@pytest.mark.parametrize(("option", "value"), [("-E", " 7"), ("-E", "+7"), ("--conf", "7")])
+def test_numbers_as_strtoul_reads_them(
+    tool: str, lock_path: str, holders: Holders, option: str, value: str
+) -> None:
+    """-E CODE takes leading spaces and a "+", as strtoul() does."""
+    hold(holders, lock_path)
+    proc = subprocess.run([tool, "-n", option, value, lock_path, "true"], timeout=30)
+    assert proc.returncode == 7
+
+
+def test_unlock_on_a_file_passes_the_descriptor(tool: str, lock_path: str) -> None:
+    """-u LOCKFILE COMMAND: the command inherits the (unlocked) lock file's
+    descriptor, as it does a locked one."""
+    proc = sh("$T -u \"$L\" bash -c 'ls -l /proc/$$/fd'", tool, lock_path)
+    assert proc.stdout.count(lock_path) == 1
 
 
 @pytest.mark.parametrize(("shell", "expected"), [("/bin/bash", "bash\n"), ("", "sh\n")])
@@ -377,7 +492,7 @@ def test_dies_of_the_signal_that_ends_the_wait(
     marker = Path(lock_path + ".ran")
     proc = subprocess.Popen([tool, lock_path, "touch", str(marker)], stderr=subprocess.PIPE)
     try:
-        time.sleep(0.5)  # waiting by now
+        wait_until(lambda: _blocked_on(lock_path), timeout=10)  # waiting in the kernel
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=10)
     finally:
@@ -386,6 +501,12 @@ def test_dies_of_the_signal_that_ends_the_wait(
             proc.wait()
     assert (proc.returncode, err) == (-signum, b"")
     assert not marker.exists()
+
+
+def test_command_equals_with_more_arguments(lock_path: str) -> None:
+    """--command=X after LOCKFILE takes nothing more, as -c X does (64)."""
+    proc = sh('$T "$L" --command="echo a" "echo b"', TOUCHFILE, lock_path)
+    assert proc.returncode == 64 and proc.stdout == ""
 
 
 def test_command_status_of_a_signal(tool: str, lock_path: str) -> None:

@@ -11,8 +11,6 @@ The names below are imported when first used (PEP 562), so that the touchfile
 command can take a free lock before it imports the rest of the package.
 """
 
-from __future__ import annotations
-
 from ._version import __version__
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
@@ -22,6 +20,7 @@ if TYPE_CHECKING:
     from ._holders import LockHolder
     from ._kinds import EXCLUSIVE, SHARED, LockType
     from ._lock import TouchFile
+del TYPE_CHECKING
 
 # Each public name, and the module that defines it.
 _HOME = {

@@ -131,9 +131,16 @@ def _first_try(args: Args) -> int | None:
     lockfile = args.lockfile
     if not lockfile or lockfile.startswith(URL_SCHEMES) or args.kind is None or args.holders:
         return None
+    path = os.path.abspath(lockfile)
+    # An exclusive fcntl() lock needs the file open for writing: open it so,
+    # as flock(1) does, and a directory read-only (its lock then fails).
+    writable = args.method == "fcntl" and args.kind == "exclusive"
     try:
         # As FlockPolling opens it: the same path, mode and walk.
-        fd = open_lock_file(os.path.abspath(lockfile), 0o666)
+        try:
+            fd = open_lock_file(path, 0o666, writable=writable)
+        except IsADirectoryError:
+            fd = open_lock_file(path, 0o666)
     except OSError as error:  # the full path's open would fail alike
         raise open_error(lockfile, error) from None
     op = (_LOCK_EX if args.kind == "exclusive" else _LOCK_SH) | _LOCK_NB

@@ -130,13 +130,15 @@ _FLOCK_LONG = {
 }
 _OWN_LONG = {"holders": "holders", "keep-running": "keep-running"}
 _VALUED = {"w", "E", "c", "start", "length", "fd"}
+# --help and --version: they act as soon as they are read, as in flock(1).
+_AT_ONCE = {"h", "V"}
 # The options that set one of Args' flags.
 _FLAGS = {"o": "close", "F": "no_fork", "v": "verbose", "holders": "holders",
           "keep-running": "keep_running"}  # fmt: skip
 
 # A size, as flock(1) reads --start and --length: a number and an optional
 # unit (K, KiB = 1024; KB = 1000; then M, G, T, P, E).
-_UNITS = "KMGTPE"
+_UNITS = "KMGTPEZY"
 
 
 class UsageError(Exception):
@@ -224,6 +226,8 @@ def _options(argv: list[str]) -> tuple[list[tuple[str, str]], list[str], str | N
                     if eq:
                         raise UsageError(f"option '--{name}' doesn't allow an argument")
                     options.append((key, ""))
+                    if key in _AT_ONCE:
+                        return options, [], None
                     continue
             if not eq:
                 if i == len(argv):
@@ -235,6 +239,8 @@ def _options(argv: list[str]) -> tuple[list[tuple[str, str]], list[str], str | N
                     raise UsageError(f"invalid option -- '{letter}'")
                 if not _SHORT[letter]:
                     options.append((letter, ""))
+                    if letter in _AT_ONCE:
+                        return options, [], None
                     continue
                 value = arg[j:]  # the rest of the argument, or the next one
                 if not value:
@@ -279,7 +285,7 @@ def _positionals(args: Args, rest: list[str], command: str | None) -> None:
         args.lockfile = rest[0]
         return
     if args.fd is None and command is None and len(rest) == 1:
-        if not (rest[0].isascii() and rest[0].isdigit()):
+        if _integer(rest[0]) is None:
             raise UsageError(
                 f"no command given, and {rest[0]!r} is not a descriptor number "
                 "(touchfile LOCKFILE COMMAND, touchfile LOCKFILE -c '...', or touchfile FD)"
@@ -295,7 +301,7 @@ def _positionals(args: Args, rest: list[str], command: str | None) -> None:
         elif rest and (rest[0] in ("-c", "--command") or rest[0].startswith("--command=")):
             if command is not None:
                 raise UsageError("-c given twice")
-            given = rest[0].partition("=")[2:] if "=" in rest[0] else rest[1:]
+            given = [rest[0].partition("=")[2], *rest[1:]] if "=" in rest[0] else rest[1:]
             if len(given) != 1:
                 option = rest[0].partition("=")[0]
                 raise UsageError(f"{option} requires exactly one command argument")
@@ -317,7 +323,8 @@ def _positionals(args: Args, rest: list[str], command: str | None) -> None:
 
 def _seconds(text: str) -> float:
     try:
-        seconds = float(text)
+        # As strtold(): no trailing space, no "_" between digits.
+        seconds = -1.0 if "_" in text or text != text.rstrip() else float(text)
     except ValueError:
         seconds = -1.0
     if not seconds >= 0:  # negative, or NaN
@@ -325,29 +332,64 @@ def _seconds(text: str) -> float:
     return seconds
 
 
+def _integer(text: str, base: int = 10) -> int | None:
+    """text as strtoumax() reads a whole number: leading white space and "+"
+    allowed; base 0: "0x" for hexadecimal, a leading 0 for octal. None if it
+    is not one."""
+    digits = text.lstrip(" \t\n\v\f\r")
+    digits = digits[1:] if digits.startswith("+") else digits
+    if base == 0:
+        if digits[:2].lower() == "0x":
+            base, digits = 16, digits[2:]
+        elif digits[:1] == "0" and len(digits) > 1:
+            base, digits = 8, digits[1:]
+        else:
+            base = 10
+    if not digits or not digits.isascii() or not digits.isalnum():
+        return None
+    try:
+        return int(digits, base)
+    except ValueError:
+        return None
+
+
 def _exit_code(text: str) -> int:
-    code = int(text) if text.isascii() and text.isdigit() else -1
-    if not 0 <= code <= 255:
+    code = _integer(text)
+    if code is None or not 0 <= code <= 255:
         raise UsageError(f"invalid exit code {text!r}: expected 0 to 255")
     return code
 
 
 def _descriptor(text: str) -> int:
-    fd = int(text) if text.isascii() and text.isdigit() else -1
-    if not 0 <= fd <= 2**31 - 1:
+    fd = _integer(text)
+    if fd is None or not 0 <= fd <= 2**31 - 1:
         raise UsageError(f"invalid file descriptor {text!r}: expected a number >= 0")
     return fd
 
 
 def _size(text: str, what: str) -> int:
-    digits = len(text) - len(text.lstrip("0123456789"))
-    number, unit = text[:digits], text[digits:].upper()
-    power = _UNITS.find(unit[:1]) + 1 if unit else 0
-    bad_unit = unit and (not power or unit[1:] not in ("", "IB", "B"))
-    if not number or not text.isascii() or bad_unit:
+    """A size as flock(1) reads --start and --length: a whole number (as
+    _integer() in base 0), or a decimal one with a unit, and a unit: K, KiB =
+    1024; KB = 1000; then M, G, T, P, E, Z, Y."""
+    body = text.lstrip(" \t\n\v\f\r").removeprefix("+")
+    hexadecimal = body[:2].lower() == "0x"
+    digits = "0123456789abcdefABCDEF" if hexadecimal else "0123456789"
+    end = 2 if hexadecimal else 0
+    while end < len(body) and body[end] in digits:
+        end += 1
+    number, unit = body[:end], body[end:]
+    fraction = ""
+    if unit.startswith(".") and not hexadecimal:
+        fraction = unit[1:].rstrip(_UNITS + _UNITS.lower() + "iIbB")
+        unit = unit[1 + len(fraction) :]
+    value = _integer(number, 0)
+    power = _UNITS.find(unit[:1].upper()) + 1 if unit else 0
+    suffix = unit[1:].lower()
+    fraction_ok = not fraction or (fraction.isascii() and fraction.isdigit() and power)
+    if value is None or not fraction_ok or (unit and (not power or suffix not in ("", "ib", "b"))):
         raise UsageError(f"invalid {what} {text!r}: expected a number of bytes (K, M, ... allowed)")
-    base = 1000 if unit[1:] == "B" else 1024
-    size: int = int(number) * base**power
+    scale = (1000 if suffix == "b" else 1024) ** power
+    size: int = value * scale + (int(fraction) * scale // 10 ** len(fraction) if fraction else 0)
     if size > 2**63 - 1:
         raise UsageError(f"invalid {what} {text!r}: too large")
     return size

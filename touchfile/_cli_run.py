@@ -68,11 +68,12 @@ def run(args: Args, held: int | None) -> int:
     # died of it, with nothing run, as it would die of it now.
     ignored = _catch_stop_signals()
     if args.holders:
-        return _show_holders(str(args.lockfile))
+        lock_class = "OFDLCK" if args.method == "fcntl" else "FLOCK"
+        return _show_holders(str(args.lockfile), lock_class)
     return _run(args, ignored, held)
 
 
-def _show_holders(path: str) -> int:
+def _show_holders(path: str, lock_class: str) -> int:
     if path.startswith(URL_SCHEMES):
         lk = _open_postgres(path)
         try:
@@ -84,7 +85,7 @@ def _show_holders(path: str) -> int:
         print_holders(lk.url, found)
         return 0
     try:
-        found = list(holders(path))
+        found = list(holders(path, lock_class))
     except NotImplementedError as error:
         raise _Exit(EX_UNAVAILABLE, str(error)) from None
     except OSError as error:
@@ -176,9 +177,10 @@ def _lock_error(error: OSError, name: str) -> _Exit:
     EX_DATAERR, or EX_OSERR when out of locks or memory; a lock file that
     cannot be reopened read-write (--fcntl -x) is one that cannot be opened."""
     status = LOCK_ERRORS.get(error.errno or 0, EX_DATAERR)
+    reason = os.strerror(error.errno) if error.errno else error.strerror  # the bare reason
     if status in (EX_NOINPUT, EX_CANTCREAT):
-        return _Exit(status, f"cannot open lock file {name}: {error.strerror}")
-    return _Exit(status, f"{name}: {error.strerror}")
+        return _Exit(status, f"cannot open lock file {name}: {reason}")
+    return _Exit(status, f"{name}: {reason}")
 
 
 def _open_postgres(url: str) -> PostgresLock:
@@ -216,13 +218,17 @@ def _wait_then_spawn(
     name = tf._locks.backend.name  # the lock file's path, the descriptor, or the lock's URL
     status = Status(sys.stderr, name, kind) if args.verbose and kind is not None else None
     start = time.monotonic()
+    inherit: int | None = None  # the lock file's descriptor, for the command
     try:
         if kind is None:  # -u: give back what the descriptor holds (on a new file: nothing)
-            if args.fd is not None:
-                assert isinstance(tf, TouchFile)
-                tf._unlock_descriptor()
+            assert isinstance(tf, TouchFile)
+            inherit = tf._unlock()
         else:
             _acquire(tf, kind, args.timeout, status)
+            if isinstance(tf, TouchFile):
+                inherit = tf._fileno()
+        if args.fd is not None or args.close:
+            inherit = None  # FD: the command has the caller's own; -o: none
         waited = time.monotonic() - start
         # From here on the stop signals wait blocked, for sigwaitinfo() to
         # take them and pass them on; the handler of one that came before
@@ -241,9 +247,11 @@ def _wait_then_spawn(
         pending = signal.sigpending() & set(STOP_SIGNALS) - ignored
         if pending:
             raise _Stopped(signal.sigwaitinfo(pending).si_signo)
+        if inherit is not None:
+            os.set_inheritable(inherit, True)
         if args.no_fork:
-            _exec(tf, args, mask, ignored)
-        return _spawn(tf, args, mask)
+            _exec(args, mask, ignored)
+        return _spawn(args, mask)
     except _Stopped as stop:
         if status:
             status.end("")
@@ -255,15 +263,17 @@ def _wait_then_spawn(
             expired = args.timeout != 0
             say("timeout while waiting to get lock" if expired else "failed to get lock")
         raise _Exit(int(args.conflict_exit_code)) from None
+    except _CannotRun as cannot:
+        error = cannot.error
+        code = EX_OSERR if error.errno == errno.ENOMEM else EX_UNAVAILABLE
+        raise _Exit(code, f"failed to execute {args.argv[0]}: {error.strerror}") from None
     except OSError as error:
-        if args.argv and error.filename == args.argv[0]:
-            code = EX_OSERR if error.errno == errno.ENOMEM else EX_UNAVAILABLE
-            raise _Exit(code, f"failed to execute {args.argv[0]}: {error.strerror}") from None
         if status:
             status.end("")
         if error.strerror is None:  # PostgreSQL: the connection, said in one line
             raise _Exit(EX_UNAVAILABLE, str(error)) from None
-        raise _lock_error(error, name) from None
+        # Named as given, as flock(1) names it.
+        raise _lock_error(error, args.lockfile or str(args.fd)) from None
     except LockError as error:  # the server failed a statement
         if status:
             status.end("")
@@ -357,15 +367,12 @@ def _acquire_told(tf: LockBase, kind: LockType, timeout: float | None, status: S
     return time.monotonic() - start
 
 
-def _spawn(tf: LockBase, args: Args, mask: Iterable[int]) -> int:
-    """Start the command, which inherits the locked descriptor (not with -o);
-    its pid. A PostgreSQL lock is touchfile's session's: nothing to inherit."""
+def _spawn(args: Args, mask: Iterable[int]) -> int:
+    """Start the command (with whatever descriptor was made inheritable for
+    it: the lock's); its pid. With -o and --fd, FD is closed in the command."""
     actions: list[tuple[int, int]] = []
-    if args.fd is not None:  # the command has the caller's descriptor itself
-        if args.close:
-            actions.append((os.POSIX_SPAWN_CLOSE, args.fd))
-    elif not args.close and isinstance(tf, TouchFile) and args.kind is not None:
-        os.set_inheritable(tf._fileno(), True)
+    if args.fd is not None and args.close:
+        actions.append((os.POSIX_SPAWN_CLOSE, args.fd))
 
     def spawn(argv: list[str]) -> int:
         return os.posix_spawnp(
@@ -380,12 +387,10 @@ def _spawn(tf: LockBase, args: Args, mask: Iterable[int]) -> int:
     return _run_program(args.argv, spawn)
 
 
-def _exec(tf: LockBase, args: Args, mask: Iterable[int], ignored: set[int]) -> None:
-    """-F: become the command, which holds the lock (returns only on failure,
-    raising OSError). The lock file's descriptor is inherited; a stop signal
-    from here on has its default action, as for any command."""
-    if args.fd is None and isinstance(tf, TouchFile) and args.kind is not None:
-        os.set_inheritable(tf._fileno(), True)
+def _exec(args: Args, mask: Iterable[int], ignored: set[int]) -> None:
+    """-F: become the command, which holds the lock through the descriptor
+    made inheritable for it (returns only on failure, raising _CannotRun). A
+    stop signal from here on has its default action, as for any command."""
     for signum in (*STOP_SIGNALS, *RESET_SIGNALS):
         if signum not in ignored:
             signal.signal(signum, signal.SIG_DFL)
@@ -402,11 +407,19 @@ def _exec(tf: LockBase, args: Args, mask: Iterable[int], ignored: set[int]) -> N
     _run_program(args.argv, execute)
 
 
+class _CannotRun(Exception):
+    """The command cannot be executed (exit 69): error says why."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error)
+        self.error = error
+
+
 def _run_program(argv: list[str], start: Callable[[list[str]], int]) -> int:
     """start(argv), as execvp() would run it: an executable file that is not
-    a program (a script without "#!") runs with sh. OSError names argv[0]."""
+    a program (a script without "#!") runs with sh. Raises _CannotRun."""
     if not argv[0]:
-        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv[0])
+        raise _CannotRun(FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), argv[0]))
     try:
         try:
             return start(argv)
@@ -416,8 +429,7 @@ def _run_program(argv: list[str], start: Callable[[list[str]], int]) -> int:
                 raise
             return start(["/bin/sh", program, *argv[1:]])
     except OSError as error:
-        error.filename = argv[0]
-        raise
+        raise _CannotRun(error) from None
 
 
 def _which(name: str) -> str | None:

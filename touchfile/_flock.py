@@ -252,7 +252,7 @@ class FlockPolling:
         handle = FlockHandle()
         adopted, self._adopted = self._adopted, None
         if adopted is not None:
-            handle.opened(adopted, writable=False)
+            handle.opened(adopted, _writable(adopted))
         else:
             self._reopen(handle, writable=False)
         return handle
@@ -262,7 +262,7 @@ class FlockPolling:
         handle.close()
         if self._fd is not None:  # the same open file description, ours to close
             fd = fcntl.fcntl(self._fd, fcntl.F_DUPFD_CLOEXEC, 0)
-            handle.opened(fd, fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY)
+            handle.opened(fd, _writable(fd))
             return
         temporary = self._temporary
         if temporary is not None and _identity(self.name) != temporary:
@@ -293,11 +293,19 @@ class FlockPolling:
         # inode would be granted a lock that guards nothing, while a newcomer
         # creates a new file at the path and locks that one too, and two
         # holders would be in at once.
-        if not handle.closed:
-            if self._method:
-                lock_op(handle.fd, _OFD | _UN, self._span)
-            else:
-                _flock(handle.fd, _UN)
+        # Nor unlock a descriptor given as such: the lock is the caller's,
+        # and a failed try of a conversion (shared to exclusive, FD's) gives
+        # the handle back, which must leave the lock the caller held (F_OFD_SETLK
+        # keeps it; flock() itself may drop it, as for flock(1)).
+        if self._fd is None and not handle.closed:
+            self.unlock(handle)
+
+    def unlock(self, handle: FlockHandle) -> None:
+        """Unlock handle's description, whoever locked it."""
+        if self._method:
+            lock_op(handle.fd, _OFD | _UN, self._span)
+        else:
+            _flock(handle.fd, _UN)
 
     def close(self, handle: FlockHandle) -> None:
         handle.close()
@@ -441,6 +449,10 @@ class FlockNative(FlockPolling):
 
     def waiter(self, deadline: float) -> NativeWaiter:
         return NativeWaiter(deadline)
+
+
+def _writable(fd: int) -> bool:
+    return fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY
 
 
 def _identity(path: str) -> tuple[int, int] | None:

@@ -306,15 +306,16 @@ class TouchFile(LockBase):
         tf._begin(_flock.choose(path, 0o666, method, span, fd, adopt))
         return tf
 
-    def _unlock_descriptor(self) -> None:
-        """Give back the lock that the descriptor's description holds, whoever
-        took it (the command's -u)."""
+    def _unlock(self) -> int:
+        """The command's -u: give back the lock held through the command's
+        description, whoever took it (FD's; on a lock file, one nobody has
+        locked); returns its descriptor, which stays open for the command."""
         backend = self._locks.backend
-        handle = backend.open()
-        try:
-            backend.release(handle)
-        finally:
-            backend.close(handle)
+        assert isinstance(backend, _flock.FlockPolling)
+        handle = self._locks.idle[0]  # the first, which nothing has used
+        backend.unlock(handle)
+        fd: int = handle.fd
+        return fd
 
     def _begin(self, backend: _flock.FlockPolling) -> None:
         self.path: str = backend.name

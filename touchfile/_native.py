@@ -91,10 +91,6 @@ def _load() -> tuple[_FFI, _Lib] | None:
     except ImportError:
         return None
     ffi, lib = cast(_FFI, core.ffi), cast(_Lib, core.lib)
-    if lib.TF_OFD != OFD or any(
-        getattr(lib, "TF_" + outcome.name) != outcome for outcome in Outcome
-    ):
-        raise ImportError("touchfile's native core disagrees on its return codes: reinstall")
     built_for = ffi.string(lib.tf_version()).decode()
     if built_for != __version__:
         # A stale build next to new Python code would mix two protocols.
@@ -102,6 +98,10 @@ def _load() -> tuple[_FFI, _Lib] | None:
             f"touchfile's native core was built for {built_for}, not {__version__}: "
             "reinstall touchfile (pip install .)"
         )
+    if lib.TF_OFD != OFD or any(
+        getattr(lib, "TF_" + outcome.name) != outcome for outcome in Outcome
+    ):
+        raise ImportError("touchfile's native core disagrees on its return codes: reinstall")
     return ffi, lib
 
 
