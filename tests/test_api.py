@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import math
 import os
 import pickle
@@ -150,11 +152,73 @@ def test_bad_timeout_types(lock_path: str, bad: object) -> None:
         tf.acquire(timeout=bad)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("bad", ["SHARED", "read", ""])
+@pytest.mark.parametrize("bad", ["shared ", "read", ""])
 def test_bad_kind_values(lock_path: str, bad: str) -> None:
     """Unknown kind names are ValueError."""
     with TouchFile(lock_path) as tf, pytest.raises(ValueError, match="kind"):
         tf.acquire(bad)
+
+
+@pytest.mark.parametrize("name", ["SHARED", "Shared", "EXCLUSIVE", "exclusive"])
+def test_kind_names_in_any_case(lock_path: str, name: str) -> None:
+    """A kind's name is taken in any case: "SHARED" is SHARED."""
+    with TouchFile(lock_path) as tf, tf.lock(name):
+        assert probe(lock_path, "shared") == (name.lower() == "shared")
+
+
+@pytest.mark.parametrize("timeout", [5, 0.5])
+def test_timeout_by_position_hints_at_the_keyword(lock_path: str, timeout: float) -> None:
+    """tf.acquire(5), as filelock allows: the TypeError says how to give a timeout."""
+    with TouchFile(lock_path) as tf, pytest.raises(TypeError) as raised:
+        tf.acquire(timeout)  # type: ignore[arg-type]
+    assert str(raised.value) == (
+        f"kind must be a LockType (SHARED or EXCLUSIVE), not {timeout!r} "
+        f"(a timeout is given by name: timeout={timeout!r})"
+    )
+
+
+def test_with_lock_refuses_async_functions(lock_path: str) -> None:
+    """with_lock() of an async function (or of anything that returns an awaitable)
+    raises TypeError pointing to with_lock_async(): the work would run later,
+    outside the lock. Nothing is left held, and no "never awaited" warning."""
+
+    async def work() -> int:
+        return 7
+
+    with TouchFile(lock_path) as tf:
+        for fn in (work, functools.partial(work), lambda: work()):
+            with pytest.raises(TypeError, match=r"use await tf\.with_lock_async\(fn\)"):
+                tf.with_lock(fn)  # type: ignore[unused-coroutine]  # what is refused
+            assert not tf.locked() and probe(lock_path)
+
+
+def test_with_lock_async_refuses_a_plain_result(lock_path: str) -> None:
+    """with_lock_async(lambda: 7) says what it expected, and releases."""
+
+    async def main() -> None:
+        with TouchFile(lock_path) as tf:
+            with pytest.raises(TypeError, match=r"returned 7, which cannot be awaited"):
+                await tf.with_lock_async(lambda: 7)  # type: ignore[arg-type, return-value]
+            assert not tf.locked() and probe(lock_path)
+
+    asyncio.run(main())
+
+
+def test_cancelled_context_has_no_time_left() -> None:
+    """A cancelled context's remaining() is 0, deadline or not."""
+    for ctx in (Context.with_cancel(), Context.with_timeout(60)):
+        ctx.cancel()
+        assert ctx.remaining() == 0
+        assert repr(ctx) == "<Context cancelled>"
+
+
+def test_release_after_close_says_why(lock_path: str) -> None:
+    """release() on a closed TouchFile says "close() released it" only to a
+    thread whose lock close() released."""
+    tf = TouchFile(lock_path)
+    tf.close()
+    with pytest.raises(LockError, match=r"holds no lock on .* \(it is closed\)$"):
+        tf.release()
 
 
 @pytest.mark.parametrize("bad", [1, None, True, [], 2.0])

@@ -425,10 +425,10 @@ def test_command_killed_by_signal_gives_128_plus_n(
     assert proc.wait(timeout=10) == 128 + signal.SIGTERM
 
 
-def _on_terminal(argv: list[str]) -> tuple[subprocess.Popen[bytes], int]:
+def _on_terminal(argv: list[str], columns: int = 250) -> tuple[subprocess.Popen[bytes], int]:
     """Run argv as the session leader of a new pseudo-terminal; (process, master fd)."""
     master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 250, 0, 0))  # 250 columns
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
     try:
         proc = subprocess.Popen(
             ["setsid", "--ctty", *argv], stdin=slave, stdout=slave, stderr=slave, cwd="/"
@@ -484,6 +484,28 @@ def test_verbose_keeps_a_status_line_on_a_terminal(lock_path: str, holders: Hold
     finally:
         if proc.poll() is None:
             proc.kill()
+        proc.wait()
+        os.close(master)
+
+
+def test_verbose_status_fits_an_80_column_terminal(tmp_path: Path, holders: Holders) -> None:
+    """On an 80-column terminal with a long lock file path, the status line still
+    shows the holders' pids (they come first), and is cut to fit the width."""
+    deep = tmp_path / ("long-directory-name-" * 4)
+    deep.mkdir()
+    lock_path = str(deep / "the.lock")
+    one = hold(holders, lock_path, "shared")
+    two = hold(holders, lock_path, "shared")
+    proc, master = _on_terminal([TOUCHFILE, "-v", lock_path, "echo", "ran"], columns=80)
+    try:
+        seen = _read_until(master, b"waiting 1.")
+        seen += _read_until(master, b"\r\x1b[K")  # the whole line
+        line = seen.split(b"\r\x1b[K")[-2].decode()
+        assert len(line) <= 79, line
+        assert f"held by 2 processes (shared): {one.proc.pid}, {two.proc.pid}," in line
+        assert line.endswith("...")
+    finally:
+        proc.kill()
         proc.wait()
         os.close(master)
 

@@ -44,7 +44,10 @@ class Locks:
     pops an entry first releases it.
     """
 
-    __slots__ = ("__weakref__", "backend", "closed", "handles", "held", "idle", "mutex", "waits")
+    __slots__ = (
+        "__weakref__", "backend", "closed", "handles", "held", "idle", "mutex", "released",
+        "waits",
+    )  # fmt: skip
 
     def __init__(self, backend: Backend[Any, Any]) -> None:
         self.backend = backend
@@ -54,6 +57,7 @@ class Locks:
         self.idle: list[Any] = [self.open()]  # opens (creates) the resource now
         self.mutex = threading.Lock()  # guards waits, and close() against itself
         self.waits: set[Waiter] = set()  # waits in progress, for close() to end
+        self.released: set[object] = set()  # the owners whose holds close() ended
         instances.add(self)
 
     def open(self) -> Any:
@@ -110,9 +114,13 @@ class Locks:
         name = self.backend.name
         return LockError(f"{name} was closed while the lock was being taken", name)
 
-    def not_held(self) -> LockError:
-        why = " (close() released it)" if self.closed else ""
+    def not_held(self, owner: object) -> LockError:
         name = self.backend.name
+        why = ""
+        if owner in self.released:
+            why = " (close() released it)"
+        elif self.closed:
+            why = " (it is closed)"
         return LockError(f"this thread holds no lock on {name}{why}", name)
 
     def close(self) -> None:
@@ -125,9 +133,10 @@ class Locks:
             wait.cancel(Outcome.CLOSED)
         while True:
             try:
-                _, handle = self.held.popitem()
+                owner, handle = self.held.popitem()
             except KeyError:
                 break
+            self.released.add(owner)
             self.let_go(handle)  # its holder learns of a loss from release()
             self.backend.close(handle)
         self.close_idle()
@@ -172,7 +181,7 @@ def held_context(locks: Locks, owner: object) -> Context:
     """The Context that ends when owner's hold ends (released, or lost)."""
     handle = locks.held.get(owner)
     if handle is None:
-        raise locks.not_held()
+        raise locks.not_held(owner)
     ctx: Context | None = handle.ctx
     if ctx is None:
         ctx = handle.ctx = Context.with_cancel()

@@ -158,9 +158,10 @@ async def _in_thread(start: Callable[[], Request | None], ctx: Context | None) -
 async def release(lk: LockBase) -> None:
     """release() by the current task, its round trip in a thread."""
     locks = lk._locks
-    handle = locks.held.pop(lk._owner(), None)
+    owner = lk._owner()
+    handle = locks.held.pop(owner, None)
     if handle is None:
-        raise locks.not_held()
+        raise locks.not_held(owner)
     loop = asyncio.get_running_loop()
     done: asyncio.Future[None] = loop.create_future()
 

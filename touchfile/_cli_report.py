@@ -96,25 +96,44 @@ class Status:
         self.showing = False
 
     def waiting(self, elapsed: float, found: list[Holder] | None) -> None:
-        if found is None:
-            who = "; who holds it cannot be known here"
-        elif not found:
-            who = ""
-        elif len(found) == 1:
-            who = f", held by {_describe(found[0])}"
-        else:
-            who = f", held by {len(found)} processes: " + "; ".join(map(_describe, found))
         path = printable(self.path)
-        text = f"{program}: waiting {elapsed:.1f} s to lock {path} ({self.kind.value}){who}"
-        if self.tty:
-            try:
-                width = os.get_terminal_size(self.stream.fileno()).columns or 80
-            except OSError:
-                width = 80
-            self._write("\r\x1b[K" + text[: max(width - 1, 20)])
-            self.showing = True
-        else:
+        if not self.tty:  # one line per event: all of it
+            if found is None:
+                who = "; who holds it cannot be known here"
+            elif not found:
+                who = ""
+            elif len(found) == 1:
+                who = f", held by {_describe(found[0])}"
+            else:
+                who = f", held by {len(found)} processes: " + "; ".join(map(_describe, found))
+            text = f"{program}: waiting {elapsed:.1f} s to lock {path} ({self.kind.value}){who}"
             self._write(text + "\n")
+            return
+        # One line kept up to date, cut to the terminal's width: who holds the
+        # lock comes first (the pids, then what the path and commands add).
+        if found is None:
+            who = "who holds it cannot be known here"
+        elif not found:
+            who = "held by nobody now"
+        elif len(found) == 1:
+            who = f"held by pid {found[0].pid} ({found[0].kind.value})"
+        elif len({h.kind for h in found}) == 1:  # shared, or one description's
+            pids = ", ".join(str(h.pid) for h in found)
+            who = f"held by {len(found)} processes ({found[0].kind.value}): {pids}"
+        else:
+            pids = ", ".join(f"{h.pid} ({h.kind.value})" for h in found)
+            who = f"held by {len(found)} processes: {pids}"
+        commands = "".join(f"; {h.pid}: {printable(h.command)}" for h in found or ())
+        text = f"{program}: waiting {elapsed:.1f} s, {who}, to lock {path} ({self.kind.value})"
+        text += commands
+        try:
+            width = os.get_terminal_size(self.stream.fileno()).columns or 80
+        except OSError:
+            width = 80
+        if len(text) > width - 1:
+            text = text[: max(width - 4, 20)] + "..."
+        self._write("\r\x1b[K" + text)
+        self.showing = True
 
     def end(self, message: str) -> None:
         if self.showing:

@@ -110,7 +110,10 @@ class Context:
         return self._cancelled
 
     def remaining(self) -> float:
-        """Seconds until the deadline (<= 0 once passed; math.inf for none)."""
+        """Seconds until the deadline (<= 0 once passed, 0 once cancelled;
+        math.inf for none)."""
+        if self._cancelled:
+            return 0.0
         return self._deadline - time.monotonic()
 
     def cancel(self) -> None:

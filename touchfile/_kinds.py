@@ -29,7 +29,10 @@ def parse_kind(kind: object) -> LockType:
         return kind
     if isinstance(kind, str):
         try:
-            return LockType(kind)
+            return LockType(kind.lower())
         except ValueError:
             raise ValueError(f"kind must be 'shared' or 'exclusive', not {kind!r}") from None
-    raise TypeError(f"kind must be a LockType (SHARED or EXCLUSIVE), not {kind!r}")
+    hint = ""
+    if isinstance(kind, (int, float)) and not isinstance(kind, bool):
+        hint = f" (a timeout is given by name: timeout={kind!r})"
+    raise TypeError(f"kind must be a LockType (SHARED or EXCLUSIVE), not {kind!r}{hint}")

@@ -84,9 +84,10 @@ class LockBase:
         none, and LockLost if its hold had been lost (a PostgresLock's)."""
         # Locks.put_back(), inline: one call less on every release.
         locks = self._locks
-        handle = locks.held.pop(self._owner() if self._async else _get_ident(), None)
+        owner = self._owner() if self._async else _get_ident()
+        handle = locks.held.pop(owner, None)
         if handle is None:
-            raise locks.not_held()
+            raise locks.not_held(owner)
         if handle.ctx is not None:
             end_hold(handle)
         locks.backend.release(handle)  # LockLost, if the hold had been lost
@@ -154,6 +155,8 @@ class LockBase:
         """
         if not callable(fn):
             raise TypeError(f"fn must be callable, not {fn!r}")
+        if getattr(getattr(fn, "__code__", None), "co_flags", 0) & _ASYNC:
+            raise _not_sync(fn)
         self.acquire(kind, timeout, ctx)
         try:
             result = fn()
@@ -162,6 +165,9 @@ class LockBase:
                 self.release()
             raise
         self.release()
+        if hasattr(result, "__await__"):  # its work would run later, unlocked
+            getattr(result, "close", lambda: None)()  # "never awaited": said here
+            raise _not_sync(fn)
         return result
 
     # ---- asyncio -----------------------------------------------------------
@@ -204,7 +210,13 @@ class LockBase:
             raise TypeError(f"fn must be an async callable, not {fn!r}")
         await self.acquire_async(kind, timeout=timeout, ctx=ctx)
         try:
-            result = await fn()
+            awaitable = fn()
+            if not hasattr(awaitable, "__await__"):
+                raise TypeError(
+                    f"with_lock_async() awaits fn(), but {fn!r} returned {awaitable!r}, "
+                    "which cannot be awaited (for a plain function, use with_lock())"
+                )
+            result = await awaitable
         except BaseException:
             with contextlib.suppress(LockLost):
                 await self._release_async()
@@ -342,6 +354,17 @@ class TouchFile(LockBase):
             raise LockError(f"this thread holds no lock on {self.path}", self.path)
         fd: int = handle.fd
         return fd
+
+
+# Code flags of an async def function, and of an async generator's.
+_ASYNC = 0x80 | 0x200  # inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+
+
+def _not_sync(fn: object) -> TypeError:
+    return TypeError(
+        f"with_lock() runs fn() under the lock, but {fn!r} is asynchronous: its work "
+        "would run later, outside the lock; use await tf.with_lock_async(fn)"
+    )
 
 
 class _Guard(Generic[L]):

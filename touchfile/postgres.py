@@ -83,9 +83,10 @@ class PostgresLock(LockBase):
         One round trip, the first time in a hold. Raises LockError when no
         exclusive lock is held, or when the table of tokens cannot be used
         (saying what to grant: the lock stays held), and LockLost."""
-        handle = self._locks.held.get(self._owner())
+        owner = self._owner()
+        handle = self._locks.held.get(owner)
         if handle is None:
-            raise self._locks.not_held()
+            raise self._locks.not_held(owner)
         return self._backend.fencing_token(handle)
 
     def holders(self) -> list[PostgresHolder]:
