@@ -11,10 +11,11 @@ import stat
 import subprocess
 import sys
 import threading
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from helpers import Holders, probe
+from helpers import Holders, hold, probe
 
 import touchfile
 from touchfile import (
@@ -462,3 +463,80 @@ print("ok")
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=30, cwd="/"
     )
     assert (proc.stdout, proc.stderr) == ("ok\n", "")
+
+
+# ---- the decorator -------------------------------------------------------------------
+
+
+def test_lock_decorates_a_function(lock_path: str, holders: Holders) -> None:
+    """@tf.lock(...) runs each call under the lock, passes arguments and the
+    result through, keeps the function's name and docstring, and releases;
+    a call that cannot take the lock raises, and its body never runs."""
+    tf = TouchFile(lock_path)
+    ran: list[bool] = []
+
+    @tf.lock(SHARED, timeout=0.2)
+    def read(a: int, *, b: int) -> int:
+        """Read it."""
+        ran.append(not probe(lock_path) and probe(lock_path, "shared"))
+        return a + b
+
+    try:
+        assert (read(1, b=2), read(3, b=4)) == (3, 7)
+        assert ran == [True, True] and probe(lock_path)
+        assert (read.__name__, read.__doc__) == ("read", "Read it.")
+        hold(holders, lock_path)
+        with pytest.raises(LockTimeout):
+            read(0, b=0)
+        assert len(ran) == 2
+    finally:
+        tf.close()
+
+
+@pytest.mark.parametrize("guard", ["shared_lock", "exclusive_lock"])
+def test_kind_guards_decorate_too(lock_path: str, guard: str) -> None:
+    """@tf.shared_lock() and @tf.exclusive_lock() decorate as tf.lock() does."""
+    with TouchFile(lock_path) as tf:
+        decorate = tf.shared_lock if guard == "shared_lock" else tf.exclusive_lock
+
+        @decorate(timeout=1)
+        def kind_seen() -> tuple[bool, bool]:
+            return probe(lock_path, "shared"), probe(lock_path)
+
+        assert kind_seen() == ((True, False) if guard == "shared_lock" else (False, False))
+        assert probe(lock_path)
+
+
+def test_lock_decorates_an_async_function(lock_path: str) -> None:
+    """@tf.lock() on an async def: each call awaits the lock (the async path, the
+    loop never blocked) and runs the coroutine under it."""
+
+    async def main() -> None:
+        with TouchFile(lock_path) as tf:
+
+            @tf.lock(timeout=5)
+            async def work(x: int) -> int:
+                await asyncio.sleep(0)
+                assert tf.locked() and not probe(lock_path)
+                return x * 2
+
+            assert list(await asyncio.gather(work(1), work(2))) == [2, 4]
+            assert probe(lock_path) and not tf.locked()
+
+    asyncio.run(main())
+
+
+def test_lock_refuses_to_decorate_a_generator(lock_path: str) -> None:
+    """A generator's body would run as it is iterated, after the lock was given
+    back: decorating one is TypeError."""
+
+    def gen() -> Iterator[int]:
+        yield 1
+
+    async def agen() -> AsyncIterator[int]:
+        yield 1
+
+    with TouchFile(lock_path) as tf:
+        for fn in (gen, agen):
+            with pytest.raises(TypeError, match="a generator"):
+                tf.lock()(fn)

@@ -12,7 +12,7 @@ import os
 import threading
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from . import (
     _flock,
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 L = TypeVar("L", bound="LockBase")
+F = TypeVar("F", bound=Callable[..., Any])
 
 _get_ident = threading.get_ident
 
@@ -368,7 +369,8 @@ def _not_sync(fn: object) -> TypeError:
 
 
 class _Guard(Generic[L]):
-    """What tf.lock() returns: acquires on enter, releases on exit."""
+    """What tf.lock() returns: acquires on enter, releases on exit; or, as a
+    decorator, runs each call of the function under the lock."""
 
     __slots__ = ("_ctx", "_kind", "_tf", "_timeout")
 
@@ -380,6 +382,35 @@ class _Guard(Generic[L]):
     def __enter__(self) -> L:
         self._tf.acquire(self._kind, self._timeout, self._ctx)
         return self._tf
+
+    def __call__(self, fn: F) -> F:
+        """@tf.lock(timeout=5) on a function: each call takes the lock (a new
+        timeout each time, the same ctx), runs fn, and releases, as
+        with_lock(); an async def function does so through the async path."""
+        import functools
+        import inspect
+
+        tf, kind, timeout, ctx = self._tf, self._kind, self._timeout, self._ctx
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def run_async(*args: Any, **kwargs: Any) -> Any:
+                return await tf.with_lock_async(
+                    lambda: fn(*args, **kwargs), kind, timeout=timeout, ctx=ctx
+                )
+
+            return cast(F, run_async)
+        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+            raise TypeError(
+                f"cannot hold a lock around {fn!r}, a generator: its body runs as it is "
+                "iterated, after the call has returned (and released the lock)"
+            )
+
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            return tf.with_lock(lambda: fn(*args, **kwargs), kind, timeout, ctx)
+
+        return cast(F, run)
 
     def __exit__(
         self,
