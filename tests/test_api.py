@@ -11,7 +11,9 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -398,7 +400,6 @@ def test_close_releases_other_threads_locks(lock_path: str) -> None:
 @pytest.mark.usefixtures("mode")  # waits: native and polling
 def test_context_constructors() -> None:
     """Context deadlines: with_timeout, with_deadline, parents; bad input rejected."""
-    import time
 
     assert Context.with_cancel().deadline == math.inf
     before = time.monotonic()
@@ -540,3 +541,63 @@ def test_lock_refuses_to_decorate_a_generator(lock_path: str) -> None:
         for fn in (gen, agen):
             with pytest.raises(TypeError, match="a generator"):
                 tf.lock()(fn)
+
+
+# ---- self-deadlock -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("first", "second"), [("exclusive", "exclusive"),
+                         ("exclusive", "shared"), ("shared", "exclusive")])  # fmt: skip
+def test_self_deadlock_is_an_error(lock_path: str, first: str, second: str) -> None:
+    """A thread that holds a lock on a file through one TouchFile and asks for a
+    conflicting one through another would wait for ever, on itself: LockError at
+    once, saying so (filelock#282). Its own lock is untouched."""
+    with TouchFile(lock_path) as a, TouchFile(lock_path) as b:
+        a.acquire(first)
+        t0 = time.monotonic()
+        with pytest.raises(LockError, match=r"already holds a lock on .* through another"):
+            b.acquire(second)
+        assert time.monotonic() - t0 < 1
+        assert a.locked() and not b.locked() and not probe(lock_path, second)
+
+
+def test_shared_after_shared_is_no_deadlock(lock_path: str) -> None:
+    """Shared through one TouchFile, then shared through another: both held."""
+    with TouchFile(lock_path) as a, TouchFile(lock_path) as b:
+        a.acquire("shared")
+        b.acquire("shared", timeout=0)
+        assert a.locked() and b.locked()
+
+
+def test_another_threads_hold_is_waited_for(lock_path: str) -> None:
+    """Another thread's hold through another TouchFile is no self-deadlock: the
+    wait goes on (to its deadline, here)."""
+    with TouchFile(lock_path) as a, TouchFile(lock_path) as b:
+        a.acquire()
+        with ThreadPoolExecutor(1) as other:
+            error = other.submit(b.acquire, timeout=0.2).exception()
+        assert isinstance(error, LockTimeout)
+
+
+def test_self_deadlock_of_a_task(lock_path: str) -> None:
+    """The same for an asyncio task: LockError, while another task just waits."""
+
+    async def main() -> None:
+        with TouchFile(lock_path) as a, TouchFile(lock_path) as b:
+            await a.acquire_async()
+            with pytest.raises(LockError, match="already holds a lock"):
+                await b.acquire_async()
+            other = asyncio.ensure_future(b.acquire_async(timeout=0.2))
+            with pytest.raises(LockTimeout):
+                await other
+            a.release()
+
+    asyncio.run(main())
+
+
+def test_fcntl_and_flock_on_one_file_are_no_deadlock(lock_path: str) -> None:
+    """A flock() lock and a method="fcntl" lock on one file do not exclude each
+    other: holding one, the thread takes the other."""
+    with TouchFile(lock_path) as a, TouchFile(lock_path, method="fcntl") as b:
+        a.acquire()
+        b.acquire(timeout=0)

@@ -137,6 +137,20 @@ def test_shared_holders_together_exclusive_alone(locks: list[PostgresLock]) -> N
     b.release()
 
 
+def test_self_deadlock_through_two_objects_is_an_error(locks: list[PostgresLock]) -> None:
+    """A thread holding the lock through one PostgresLock and asking for it through
+    another (a second session, which the server would make wait for the first):
+    LockError at once; shared after shared is granted."""
+    a, b = locks
+    a.acquire()
+    with pytest.raises(LockError, match="already holds a lock on postgresql://"):
+        b.acquire(timeout=10)
+    a.release()
+    a.acquire("shared")
+    b.acquire("shared", timeout=0)
+    assert a.locked() and b.locked()
+
+
 def test_int_key_is_the_key_itself(pg_server: Pg, pg_dsn: str) -> None:
     """An int is used as the key: psql's pg_advisory_lock(KEY) is the same lock."""
     key = int.from_bytes(os.urandom(7), "big") * -1

@@ -225,6 +225,7 @@ def begin(
         if handle is None:
             handle = locks.open()
         if not locks.backend.try_lock(handle, kind, deadline):
+            _check_self_deadlock(locks, owner, handle)
             if start == _INF:
                 start = _monotonic()
             if deadline <= start or deadline <= _monotonic():
@@ -240,6 +241,27 @@ def begin(
     if locks.closed:
         raise locks.closed_while_taking(owner, handle)
     return None
+
+
+def _check_self_deadlock(locks: Locks, owner: object, handle: Any) -> None:
+    """The lock is busy: raise LockError if owner holds it already through
+    another object (a second TouchFile of the same file), as waiting would
+    then wait for ever, on owner itself."""
+    mine: object = None
+    for other in list(instances):
+        held = other.held.get(owner) if other is not locks else None
+        if held is None or type(other.backend) is not type(locks.backend):
+            continue
+        if mine is None:
+            mine = locks.backend.lock_id(handle)
+        if other.backend.lock_id(held) == mine:
+            name = locks.backend.name
+            raise LockError(
+                f"this thread (or task) already holds a lock on {name} through another "
+                "object: waiting for this one would wait for ever, on itself (release "
+                "that one first, or take both through one object)",
+                name,
+            )
 
 
 def _deadline(name: str, kind: LockType, timeout: object, ctx: object, now: float) -> float:

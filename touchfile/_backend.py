@@ -91,6 +91,12 @@ class Backend(Protocol[H, W]):
         through it (after fork(), say)."""
         ...
 
+    def lock_id(self, handle: H) -> object:
+        """What handle locks, as this process can tell: handles with equal ids
+        (of this backend's class) exclude each other, whatever object opened
+        them (the same file, method and range; the same server and key)."""
+        ...
+
     def holders(self) -> list[Any]:
         """Who holds a lock on the resource now (a NamedTuple per holder,
         with at least pid, kind and command)."""

@@ -319,6 +319,9 @@ class FlockPolling:
             with contextlib.suppress(OSError):
                 os.unlink(self.name)
 
+    def lock_id(self, handle: FlockHandle) -> object:
+        return self._method, self._span, handle.dev, handle.ino
+
     def holders(self) -> list[LockHolder]:
         path = self.name if self._fd is None else f"/proc/self/fd/{self._fd}"
         return holders(path, "OFDLCK" if self._method else "FLOCK")

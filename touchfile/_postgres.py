@@ -525,6 +525,9 @@ class PostgresBackend:
     def close(self, handle: PgHandle) -> None:
         handle.close()
 
+    def lock_id(self, handle: PgHandle) -> object:
+        return self.name, self.key  # the server and database (the URL), and the key
+
     def holders(self) -> list[PostgresHolder]:
         key = self._key()
         unsigned = int(key) & 0xFFFF_FFFF_FFFF_FFFF
