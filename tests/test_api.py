@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from helpers import Holders, hold, probe
+from helpers import Holders, hold, probe, run_program
 
 import touchfile
 from touchfile import (
@@ -601,3 +601,52 @@ def test_fcntl_and_flock_on_one_file_are_no_deadlock(lock_path: str) -> None:
     with TouchFile(lock_path) as a, TouchFile(lock_path, method="fcntl") as b:
         a.acquire()
         b.acquire(timeout=0)
+
+
+# ---- pickling ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("method", ["flock", "fcntl"])
+def test_pickle_copies_path_and_options(tmp_path: Path, method: str) -> None:
+    """A TouchFile pickles as its path, mode and method: the copy holds nothing
+    (even while the original holds), opens its own descriptors, and is excluded
+    by the original's lock."""
+    path = tmp_path / "p.lock"
+    with TouchFile(path, mode=0o600, method=method) as tf:
+        tf.acquire()
+        with pickle.loads(pickle.dumps(tf)) as copy:
+            assert isinstance(copy, TouchFile) and copy.path == tf.path
+            assert not copy.locked()
+            with ThreadPoolExecutor(1) as other:  # (this thread would wait on itself)
+                error = other.submit(copy.acquire, timeout=0).exception()
+            assert isinstance(error, LockTimeout)
+            tf.release()
+            copy.acquire(timeout=0)
+            assert pickle.loads(pickle.dumps(copy))._method == method
+    path.unlink()
+    with pickle.loads(pickle.dumps(tf)):  # loaded where the file is gone: made anew
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600 & ~_umask()
+
+
+def test_copy_of_a_temporary_never_removes_it() -> None:
+    """The copy of TouchFile() opens its file by path; only the original's
+    close() removes it."""
+    tf = TouchFile()
+    copy = pickle.loads(pickle.dumps(tf))
+    copy.close()
+    assert os.path.exists(tf.path)
+    tf.close()
+    assert not os.path.exists(tf.path)
+
+
+def test_a_multiprocessing_worker_gets_a_working_copy(lock_path: str) -> None:
+    """Passed to a worker process (spawn), a TouchFile just works there: the
+    worker's copy is excluded while the parent holds the lock, then takes it."""
+    proc = run_program("mp_worker", lock_path)
+    assert (proc.stdout, proc.stderr) == ("held: False\nfree: True\n", "")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

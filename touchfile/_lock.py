@@ -270,7 +270,7 @@ class TouchFile(LockBase):
     removes. Locks are owned by the thread (or asyncio task) that takes them.
     """
 
-    __slots__ = ("path",)
+    __slots__ = ("_method", "_mode", "path")
 
     def __init__(
         self,
@@ -296,6 +296,7 @@ class TouchFile(LockBase):
             path = os.fsdecode(path)
             if not path:  # os.path.abspath("") would be the current directory
                 raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
+        self._mode, self._method = mode, method
         self._begin(_flock.choose(path, mode, method))
 
     @classmethod
@@ -316,6 +317,7 @@ class TouchFile(LockBase):
         if path == "":  # os.path.abspath("") would be the current directory
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
         tf = cls.__new__(cls)
+        tf._mode, tf._method = 0o666, method
         tf._begin(_flock.choose(path, 0o666, method, span, fd, adopt))
         return tf
 
@@ -333,6 +335,13 @@ class TouchFile(LockBase):
     def _begin(self, backend: _flock.FlockPolling) -> None:
         self.path: str = backend.name
         self._start(backend)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """A copy (pickle, multiprocessing) is the path and options: it holds
+        nothing, and opens descriptors of its own in the process that loads it.
+        The copy of a TouchFile() opens its temporary file by path, and never
+        removes it: the original's close() does."""
+        return (_reopen, (self.path, self._mode, self._method))
 
     def __repr__(self) -> str:
         locks = self._locks
@@ -355,6 +364,11 @@ class TouchFile(LockBase):
             raise LockError(f"this thread holds no lock on {self.path}", self.path)
         fd: int = handle.fd
         return fd
+
+
+def _reopen(path: str, mode: int, method: str) -> TouchFile:
+    """A pickled TouchFile, loaded: a new one on the same path and options."""
+    return TouchFile(path, mode=mode, method=method)
 
 
 # Code flags of an async def function, and of an async generator's.
