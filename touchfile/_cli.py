@@ -20,7 +20,7 @@ import os
 import sys
 
 from . import _cli_report
-from ._cli_args import Args, UsageError, parse
+from ._cli_args import VERSION, Args, UsageError, parse, version
 from ._cli_report import name_program, say
 from ._lockop import OFD, lock_op
 from ._open import open_lock_file
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             name_program(sys.argv[0])
         args = parse(sys.argv[1:] if argv is None else argv)
         if args.show:
-            sys.stdout.write(args.show)
+            sys.stdout.write(version() if args.show == VERSION else args.show)
             return 0
         held = _first_try(args)
         try:

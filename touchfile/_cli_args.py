@@ -103,7 +103,7 @@ examples:
         run the report on one host of many; the others exit 1"""
 
 HELP = f"{USAGE}\n\n{DESCRIPTION}\n\n{OPTIONS}\n\n{EPILOG}\n"
-VERSION = f"touchfile {__version__}\n"
+VERSION = f"touchfile {__version__}\n"  # and the mode: see version()
 
 # Each option's key (its short letter, or its long name if it has none) and
 # whether it takes a value: flock(1)'s, then touchfile's own.
@@ -319,6 +319,14 @@ def _positionals(args: Args, rest: list[str], command: str | None) -> None:
         raise UsageError("--fd FD needs a command (or give FD alone, without --fd)")
     else:
         raise UsageError("no command given (touchfile LOCKFILE COMMAND, or LOCKFILE -c '...')")
+
+
+def version() -> str:
+    """--version's line: the version, and how waits are made here."""
+    from . import _native  # only here: it loads the native core (cffi)
+
+    mode = "native waits" if _native.AVAILABLE else "polling waits: the native core is not built"
+    return f"touchfile {__version__} ({mode})\n"
 
 
 def _seconds(text: str) -> float:
