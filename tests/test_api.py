@@ -550,8 +550,9 @@ def test_lock_refuses_to_decorate_a_generator(lock_path: str) -> None:
                          ("exclusive", "shared"), ("shared", "exclusive")])  # fmt: skip
 def test_self_deadlock_is_an_error(lock_path: str, first: str, second: str) -> None:
     """A thread that holds a lock on a file through one TouchFile and asks for a
-    conflicting one through another would wait for ever, on itself: LockError at
-    once, saying so (filelock#282). Its own lock is untouched."""
+    conflicting one through another, with no deadline and no context, would wait
+    for ever, on itself: LockError at once, saying so (filelock#282). Its own lock
+    is untouched. With a deadline, the wait ends at it (a test of exclusion)."""
     with TouchFile(lock_path) as a, TouchFile(lock_path) as b:
         a.acquire(first)
         t0 = time.monotonic()
@@ -559,6 +560,8 @@ def test_self_deadlock_is_an_error(lock_path: str, first: str, second: str) -> N
             b.acquire(second)
         assert time.monotonic() - t0 < 1
         assert a.locked() and not b.locked() and not probe(lock_path, second)
+        with pytest.raises(LockTimeout):
+            b.acquire(second, timeout=0.1)
 
 
 def test_shared_after_shared_is_no_deadlock(lock_path: str) -> None:

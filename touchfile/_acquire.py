@@ -225,7 +225,8 @@ def begin(
         if handle is None:
             handle = locks.open()
         if not locks.backend.try_lock(handle, kind, deadline):
-            _check_self_deadlock(locks, owner, handle)
+            if deadline == _INF and ctx is None:  # a wait nothing else could end
+                _check_self_deadlock(locks, owner, handle)
             if start == _INF:
                 start = _monotonic()
             if deadline <= start or deadline <= _monotonic():
@@ -244,14 +245,16 @@ def begin(
 
 
 def _check_self_deadlock(locks: Locks, owner: object, handle: Any) -> None:
-    """The lock is busy: raise LockError if owner holds it already through
-    another object (a second TouchFile of the same file), as waiting would
-    then wait for ever, on owner itself."""
+    """The lock is busy, and the wait would have no deadline and no context:
+    raise LockError if owner holds it already through another object (a
+    second TouchFile of the same file), as the wait would then never end. (A
+    wait with a deadline or a context ends by itself, or by another thread's
+    cancel: a test of exclusion, say.)"""
     mine: object = None
     for other in list(instances):
         held = other.held.get(owner) if other is not locks else None
-        if held is None or type(other.backend) is not type(locks.backend):
-            continue
+        if held is None or held.lost or type(other.backend) is not type(locks.backend):
+            continue  # (a lost hold no longer holds the lock)
         if mine is None:
             mine = locks.backend.lock_id(handle)
         if other.backend.lock_id(held) == mine:

@@ -16,7 +16,21 @@ from touchfile.postgres import PostgresLock
 
 dsn, name = sys.argv[1], sys.argv[2]
 holder, waiter = PostgresLock(name, dsn), PostgresLock(name, dsn)
-holder.acquire()
+# The holder is another thread (this one waiting for its own hold would be a
+# self-deadlock, LockError): it holds until let go.
+held, let_go = threading.Event(), threading.Event()
+
+
+def hold() -> None:
+    holder.acquire()
+    held.set()
+    let_go.wait()
+    holder.release()
+
+
+holding = threading.Thread(target=hold)
+holding.start()
+held.wait()
 threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
 start = time.monotonic()
 try:
@@ -29,7 +43,8 @@ with psycopg.connect(dsn, autocommit=True) as conn:
         "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
     ).fetchone()
     print(f"waiting on the server: {row[0] if row else '?'}")
-holder.release()
+let_go.set()
+holding.join()
 waiter.acquire(timeout=5)  # the waiter works again, on a new session
 print("then granted")
 waiter.release()
