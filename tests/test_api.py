@@ -527,6 +527,29 @@ def test_lock_decorates_an_async_function(lock_path: str) -> None:
     asyncio.run(main())
 
 
+def test_lock_refuses_what_it_cannot_hold_a_lock_around(lock_path: str) -> None:
+    """@lock() on something not callable, or on a staticmethod or classmethod
+    object (it goes below them): TypeError when decorating, saying so."""
+    with TouchFile(lock_path) as tf:
+        with pytest.raises(TypeError, match="decorates a function, not 42"):
+            tf.lock()(42)  # type: ignore[type-var]
+        for wrapper in (staticmethod, classmethod):
+            with pytest.raises(TypeError, match=f"below @{wrapper.__name__}"):
+                tf.lock()(wrapper(len))  # type: ignore[type-var, arg-type]
+
+
+def test_with_lock_returns_a_future_as_it_is(lock_path: str) -> None:
+    """A plain function that returns an awaitable whose work is done (a Future)
+    is no async function: with_lock() returns it."""
+    loop = asyncio.new_event_loop()
+    try:
+        with TouchFile(lock_path) as tf:
+            future = tf.with_lock(loop.create_future)
+            assert isinstance(future, asyncio.Future)
+    finally:
+        loop.close()
+
+
 def test_lock_refuses_to_decorate_a_generator(lock_path: str) -> None:
     """A generator's body would run as it is iterated, after the lock was given
     back: decorating one is TypeError."""
@@ -573,13 +596,37 @@ def test_shared_after_shared_is_no_deadlock(lock_path: str) -> None:
 
 
 def test_another_threads_hold_is_waited_for(lock_path: str) -> None:
-    """Another thread's hold through another TouchFile is no self-deadlock: the
-    wait goes on (to its deadline, here)."""
+    """Another thread's hold through another TouchFile is no self-deadlock: a wait
+    with no deadline goes on until that thread releases."""
     with TouchFile(lock_path) as a, TouchFile(lock_path) as b:
-        a.acquire()
+
+        def hold_a_while() -> None:
+            a.acquire()
+            held.set()
+            time.sleep(0.3)
+            a.release()
+
+        held = threading.Event()
         with ThreadPoolExecutor(1) as other:
-            error = other.submit(b.acquire, timeout=0.2).exception()
-        assert isinstance(error, LockTimeout)
+            holding = other.submit(hold_a_while)
+            held.wait()
+            b.acquire()  # no deadline, no context: waits for the other thread
+            holding.result()
+        assert b.locked()
+
+
+def test_self_deadlock_across_native_and_polling(
+    lock_path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One TouchFile that polls and one that waits natively, on one file: still
+    the same lock, and still a self-deadlock."""
+    monkeypatch.setenv("TOUCHFILE_NATIVE", "0")
+    with TouchFile(lock_path) as polling:
+        monkeypatch.delenv("TOUCHFILE_NATIVE")
+        with TouchFile(lock_path) as native:
+            polling.acquire()
+            with pytest.raises(LockError, match="already holds a lock"):
+                native.acquire()
 
 
 def test_self_deadlock_of_a_task(lock_path: str) -> None:
@@ -590,20 +637,36 @@ def test_self_deadlock_of_a_task(lock_path: str) -> None:
             await a.acquire_async()
             with pytest.raises(LockError, match="already holds a lock"):
                 await b.acquire_async()
-            other = asyncio.ensure_future(b.acquire_async(timeout=0.2))
-            with pytest.raises(LockTimeout):
-                await other
             a.release()
+
+            async def hold_a_while() -> None:
+                await a.acquire_async()
+                held.set()
+                await asyncio.sleep(0.3)
+                a.release()
+
+            held = asyncio.Event()
+            holding = asyncio.ensure_future(hold_a_while())
+            await held.wait()
+            await b.acquire_async()  # another task's hold: waited for, no deadline
+            await holding
+            b.release()
 
     asyncio.run(main())
 
 
-def test_fcntl_and_flock_on_one_file_are_no_deadlock(lock_path: str) -> None:
+def test_fcntl_and_flock_on_one_file_are_no_deadlock(lock_path: str, holders: Holders) -> None:
     """A flock() lock and a method="fcntl" lock on one file do not exclude each
-    other: holding one, the thread takes the other."""
+    other: holding one, the thread waits for the other (busy here, held by a
+    lockf() user) without LockError, and is granted when it is let go."""
+    holder = hold(holders, lock_path, tool="lockf")
     with TouchFile(lock_path) as a, TouchFile(lock_path, method="fcntl") as b:
         a.acquire()
-        b.acquire(timeout=0)
+        releaser = threading.Timer(0.3, holder.release)
+        releaser.start()
+        b.acquire()  # no deadline: a would-be self-deadlock is checked, and is not one
+        releaser.join()
+        assert a.locked() and b.locked()
 
 
 # ---- pickling ------------------------------------------------------------------------
@@ -629,6 +692,25 @@ def test_pickle_copies_path_and_options(tmp_path: Path, method: str) -> None:
     path.unlink()
     with pickle.loads(pickle.dumps(tf)):  # loaded where the file is gone: made anew
         assert stat.S_IMODE(path.stat().st_mode) == 0o600 & ~_umask()
+
+
+def test_subclasses_and_the_commands_locks_do_not_pickle(lock_path: str) -> None:
+    """A subclass pickles only by a __reduce__ of its own (its state would be
+    lost), and a lock on a descriptor or a byte range (the command's) not at all."""
+
+    class Tagged(TouchFile):
+        pass
+
+    with Tagged(lock_path) as tagged, pytest.raises(TypeError, match="subclass"):
+        pickle.dumps(tagged)
+    fd = os.open(lock_path, os.O_RDONLY)
+    try:
+        for tf in (TouchFile._for_command(None, fd, "flock", (0, 0)),
+                   TouchFile._for_command(lock_path, None, "fcntl", (10, 5))):  # fmt: skip
+            with tf, pytest.raises(TypeError, match="cannot be pickled"):
+                pickle.dumps(tf)
+    finally:
+        os.close(fd)
 
 
 def test_copy_of_a_temporary_never_removes_it() -> None:

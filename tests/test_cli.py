@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 from helpers import TOUCHFILE, Holders, hold, probe, program, wait_until
 
+import touchfile
 from touchfile import EXCLUSIVE, SHARED, TouchFile
 
 FLOCK = shutil.which("flock")
@@ -202,6 +203,15 @@ def test_command_keeps_stdio(lock_path: str) -> None:
     """The command reads touchfile's stdin and writes to its stdout and stderr."""
     proc = run([TOUCHFILE, lock_path, "-c", "cat; echo err >&2"], input="piped\n")
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "piped\n", "err\n")
+
+
+@pytest.mark.parametrize(("native", "mode"), [("", "(native waits)"),
+                         ("0", "(polling waits: TOUCHFILE_NATIVE=0)")])  # fmt: skip
+def test_version_says_how_waits_are_made(native: str, mode: str) -> None:
+    """--version: the version, and whether waits are native (as CI builds it) or
+    poll (TOUCHFILE_NATIVE=0; without the native core: tests/test_install.py)."""
+    proc = run([TOUCHFILE, "--version"], env={**os.environ, "TOUCHFILE_NATIVE": native})
+    assert proc.stdout == f"touchfile {touchfile.__version__} {mode}\n"
 
 
 def test_python_m_touchfile_is_the_command(lock_path: str) -> None:
@@ -502,7 +512,8 @@ def test_verbose_status_fits_an_80_column_terminal(tmp_path: Path, holders: Hold
         seen += _read_until(master, b"\r\x1b[K")  # the whole line
         line = seen.split(b"\r\x1b[K")[-2].decode()
         assert len(line) <= 79, line
-        assert f"held by 2 processes (shared): {one.proc.pid}, {two.proc.pid}," in line
+        first, second = sorted((one.proc.pid, two.proc.pid))  # as holders are listed
+        assert f"held by 2 processes (shared): {first}, {second}," in line
         assert line.endswith("...")
     finally:
         proc.kill()

@@ -161,6 +161,7 @@ class Locks:
         self.held = {}
         self.idle = []
         self.waits = set()
+        self.released = set()
         for handle in list(self.handles):
             self.backend.close(handle)
         self.backend.forget_inherited()
@@ -244,6 +245,15 @@ def begin(
     return None
 
 
+def snapshot() -> list[Locks]:
+    """Every live Locks now (a copy: others are made and collected meanwhile)."""
+    while True:
+        try:
+            return list(instances)
+        except RuntimeError:  # the set changed size as it was copied: again
+            continue
+
+
 def _check_self_deadlock(locks: Locks, owner: object, handle: Any) -> None:
     """The lock is busy, and the wait would have no deadline and no context:
     raise LockError if owner holds it already through another object (a
@@ -251,10 +261,10 @@ def _check_self_deadlock(locks: Locks, owner: object, handle: Any) -> None:
     wait with a deadline or a context ends by itself, or by another thread's
     cancel: a test of exclusion, say.)"""
     mine: object = None
-    for other in list(instances):
+    for other in snapshot():
         held = other.held.get(owner) if other is not locks else None
-        if held is None or held.lost or type(other.backend) is not type(locks.backend):
-            continue  # (a lost hold no longer holds the lock)
+        if held is None or held.lost:  # (a lost hold no longer holds the lock)
+            continue
         if mine is None:
             mine = locks.backend.lock_id(handle)
         if other.backend.lock_id(held) == mine:

@@ -93,8 +93,8 @@ class Backend(Protocol[H, W]):
 
     def lock_id(self, handle: H) -> object:
         """What handle locks, as this process can tell: handles with equal ids
-        (of this backend's class) exclude each other, whatever object opened
-        them (the same file, method and range; the same server and key)."""
+        exclude each other, whatever object or backend opened them (the same
+        file, method and range; the same server and key)."""
         ...
 
     def holders(self) -> list[Any]:

@@ -325,7 +325,12 @@ def version() -> str:
     """--version's line: the version, and how waits are made here."""
     from . import _native  # only here: it loads the native core (cffi)
 
-    mode = "native waits" if _native.AVAILABLE else "polling waits: the native core is not built"
+    if not _native.AVAILABLE:
+        mode = "polling waits: the native core is not built"
+    elif os.environ.get("TOUCHFILE_NATIVE") == "0":
+        mode = "polling waits: TOUCHFILE_NATIVE=0"
+    else:
+        mode = "native waits"
     return f"touchfile {__version__} ({mode})\n"
 
 

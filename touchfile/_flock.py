@@ -319,8 +319,13 @@ class FlockPolling:
             with contextlib.suppress(OSError):
                 os.unlink(self.name)
 
+    @property
+    def picklable(self) -> bool:
+        """True when a path and method say all there is to say of this lock."""
+        return self._fd is None and self._span == (0, 0)
+
     def lock_id(self, handle: FlockHandle) -> object:
-        return self._method, self._span, handle.dev, handle.ino
+        return "file", self._method, self._span, handle.dev, handle.ino
 
     def holders(self) -> list[LockHolder]:
         path = self.name if self._fd is None else f"/proc/self/fd/{self._fd}"

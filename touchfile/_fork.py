@@ -12,7 +12,7 @@ import os
 import sys
 
 from . import _context
-from ._acquire import instances
+from ._acquire import snapshot
 
 
 def _after_fork_in_child() -> None:
@@ -21,7 +21,7 @@ def _after_fork_in_child() -> None:
     async_ = sys.modules.get(f"{__package__}._async")
     if async_ is not None:
         async_.reset_after_fork()
-    for locks in list(instances):
+    for locks in snapshot():
         locks.forget_inherited()
 
 

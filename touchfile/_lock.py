@@ -166,8 +166,8 @@ class LockBase:
                 self.release()
             raise
         self.release()
-        if hasattr(result, "__await__"):  # its work would run later, unlocked
-            getattr(result, "close", lambda: None)()  # "never awaited": said here
+        if hasattr(result, "__await__") and _is_coroutine(result):  # it would run later
+            cast(Any, result).close()  # (else "never awaited" too): this says why
             raise _not_sync(fn)
         return result
 
@@ -341,6 +341,11 @@ class TouchFile(LockBase):
         nothing, and opens descriptors of its own in the process that loads it.
         The copy of a TouchFile() opens its temporary file by path, and never
         removes it: the original's close() does."""
+        backend = self._locks.backend
+        if type(self) is not TouchFile or not isinstance(backend, _flock.FlockPolling):
+            raise TypeError(f"a subclass of TouchFile pickles by its own __reduce__: {self!r}")
+        if not backend.picklable:  # the command's: a descriptor, or a byte range
+            raise TypeError(f"this TouchFile cannot be pickled: {self!r}")
         return (_reopen, (self.path, self._mode, self._method))
 
     def __repr__(self) -> str:
@@ -375,6 +380,13 @@ def _reopen(path: str, mode: int, method: str) -> TouchFile:
 _ASYNC = 0x80 | 0x200  # inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
 
 
+def _is_coroutine(result: Any) -> bool:
+    """A coroutine object, whose code has not run yet (unlike a Future, say)."""
+    import inspect
+
+    return inspect.iscoroutine(result)
+
+
 def _not_sync(fn: object) -> TypeError:
     return TypeError(
         f"with_lock() runs fn() under the lock, but {fn!r} is asynchronous: its work "
@@ -404,14 +416,19 @@ class _Guard(Generic[L]):
         import functools
         import inspect
 
+        if isinstance(fn, (staticmethod, classmethod)):
+            raise TypeError(
+                f"put @lock() below @{type(fn).__name__}, on the function itself: {fn!r}"
+            )
+        if not callable(fn):
+            raise TypeError(f"@lock() decorates a function, not {fn!r}")
         tf, kind, timeout, ctx = self._tf, self._kind, self._timeout, self._ctx
         if inspect.iscoroutinefunction(fn):
 
             @functools.wraps(fn)
             async def run_async(*args: Any, **kwargs: Any) -> Any:
-                return await tf.with_lock_async(
-                    lambda: fn(*args, **kwargs), kind, timeout=timeout, ctx=ctx
-                )
+                call = functools.partial(fn, *args, **kwargs)
+                return await tf.with_lock_async(call, kind, timeout=timeout, ctx=ctx)
 
             return cast(F, run_async)
         if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
@@ -422,7 +439,7 @@ class _Guard(Generic[L]):
 
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:
-            return tf.with_lock(lambda: fn(*args, **kwargs), kind, timeout, ctx)
+            return tf.with_lock(functools.partial(fn, *args, **kwargs), kind, timeout, ctx)
 
         return cast(F, run)
 

@@ -526,7 +526,7 @@ class PostgresBackend:
         handle.close()
 
     def lock_id(self, handle: PgHandle) -> object:
-        return self.name, self.key  # the server and database (the URL), and the key
+        return "postgresql", self.name, self.key  # the server and database (its URL), the key
 
     def holders(self) -> list[PostgresHolder]:
         key = self._key()
