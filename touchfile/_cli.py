@@ -16,6 +16,7 @@ the first try got it (the same description holds it), and waiting if not.
 from __future__ import annotations
 
 import errno
+import fcntl  # as _lockop does: the first try needs nothing heavier
 import os
 import sys
 
@@ -27,8 +28,6 @@ from ._open import open_lock_file
 
 # A LOCKFILE that is a lock on PostgreSQL: postgresql://user@host/db#NAME.
 URL_SCHEMES = ("postgresql://", "postgres://")
-
-_LOCK_SH, _LOCK_EX, _LOCK_NB = 1, 2, 4  # fcntl's, without importing it here
 
 # Exit statuses: the command's own (128+N if it died of signal N), -E CODE
 # (default 1) if the lock stayed busy, death by stop signal N if it ended the
@@ -143,7 +142,7 @@ def _first_try(args: Args) -> int | None:
             fd = open_lock_file(path, 0o666)
     except OSError as error:  # the full path's open would fail alike
         raise open_error(lockfile, error) from None
-    op = (_LOCK_EX if args.kind == "exclusive" else _LOCK_SH) | _LOCK_NB
+    op = (fcntl.LOCK_EX if args.kind == "exclusive" else fcntl.LOCK_SH) | fcntl.LOCK_NB
     op |= OFD if args.method == "fcntl" else 0
     try:  # noqa: SIM105  (contextlib is not imported on this path)
         lock_op(fd, op, args.span)

@@ -304,8 +304,8 @@ def _catch_stop_signals() -> set[int]:
     return ignored
 
 
-def _acquire(tf: LockBase, kind: LockType, timeout: float | None, status: Status | None) -> float:
-    """Take the lock within timeout; returns the seconds waited.
+def _acquire(tf: LockBase, kind: LockType, timeout: float | None, status: Status | None) -> None:
+    """Take the lock within timeout.
 
     With -v the wait is cut into slices under one Context, whose deadline is
     the whole wait's: each slice is a kernel wait, and the status is told in
@@ -315,9 +315,10 @@ def _acquire(tf: LockBase, kind: LockType, timeout: float | None, status: Status
     start = time.monotonic()
     if status is None or timeout == 0:
         tf.acquire(kind, timeout)
-        return time.monotonic() - start
+        return
     if tf._locks.backend.remote:
-        return _acquire_told(tf, kind, timeout, status)
+        _acquire_told(tf, kind, timeout, status)
+        return
     whole = Context.with_timeout(math.inf if timeout is None else timeout)
     report_at = start + 1.0
     found: list[Holder] | None = None
@@ -325,13 +326,13 @@ def _acquire(tf: LockBase, kind: LockType, timeout: float | None, status: Status
     while True:
         try:
             tf.acquire(kind, max(0.0, report_at - time.monotonic()), ctx=whole)
-            return time.monotonic() - start
+            return
         except LockTimeout:
             if whole.remaining() <= 0:
                 # A done context fails at once: one last try, without it, for
                 # a lock freed while we looked for its holders.
                 tf.acquire(kind, 0)
-                return time.monotonic() - start
+                return
         if found_at + HOLDERS_EVERY <= time.monotonic():
             # Looking through /proc takes a while on a busy machine (130 ms
             # with 12,000 descriptors), so holders are refreshed less often.
@@ -340,7 +341,7 @@ def _acquire(tf: LockBase, kind: LockType, timeout: float | None, status: Status
         report_at = time.monotonic() + 0.5 if status.tty else math.inf
 
 
-def _acquire_told(tf: LockBase, kind: LockType, timeout: float | None, status: Status) -> float:
+def _acquire_told(tf: LockBase, kind: LockType, timeout: float | None, status: Status) -> None:
     """-v on a server: one wait, as slices would leave the server's queue
     and lose their place in it; a thread tells the status meanwhile."""
     start = time.monotonic()
@@ -364,7 +365,6 @@ def _acquire_told(tf: LockBase, kind: LockType, timeout: float | None, status: S
     finally:
         done.set()
         teller.join()
-    return time.monotonic() - start
 
 
 def _spawn(args: Args, mask: Iterable[int]) -> int:

@@ -298,14 +298,14 @@ class FlockPolling:
         # the handle back, which must leave the lock the caller held (F_OFD_SETLK
         # keeps it; flock() itself may drop it, as for flock(1)).
         if self._fd is None and not handle.closed:
-            self.unlock(handle)
+            if self._method:
+                self.unlock(handle)
+            else:
+                _flock(handle.fd, _UN)  # every release's path: no call more
 
     def unlock(self, handle: FlockHandle) -> None:
         """Unlock handle's description, whoever locked it."""
-        if self._method:
-            lock_op(handle.fd, _OFD | _UN, self._span)
-        else:
-            _flock(handle.fd, _UN)
+        lock_op(handle.fd, self._method | _UN, self._span)
 
     def close(self, handle: FlockHandle) -> None:
         handle.close()
