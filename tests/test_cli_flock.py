@@ -158,12 +158,22 @@ def test_util_linux_range_lock_case(tool: str, tmp_path: Path) -> None:
         cwd=tmp_path,
     )  # fmt: skip
     try:
-        # Not forked: the command's pid becomes the shell's, then cat's.
-        wait_until(lambda: Path(f"/proc/{proc.pid}/exe").resolve().name == "cat", timeout=10)
+        # Not forked: the command's pid becomes the shell's (then cat's, where the
+        # shell execs its last command; Debian's dash forks it).
+        wait_until(lambda: _exec_done(proc), timeout=10)
         assert _ofd_locks(proc.pid) == ["READ 1 2"]
     finally:
         out, err = proc.communicate("", timeout=10)
     assert (proc.returncode, out, err) == (0, "", "")
+
+
+def _exec_done(proc: subprocess.Popen[str]) -> bool:
+    """Has proc exec'd past the Python that runs the command? (An early exit
+    is an error, told with what it printed.)"""
+    if proc.poll() is not None:
+        out, err = proc.communicate()
+        raise AssertionError(f"exited {proc.returncode}: {out!r} {err!r}")
+    return not Path(f"/proc/{proc.pid}/exe").resolve().name.startswith("python")
 
 
 def _blocked_on(path: str) -> bool:
