@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -397,6 +398,40 @@ def test_pooled_connections_hold_nothing_after_timeout_cancel_and_error(
     a.close()
     b.close()
     assert ours(pg_server) == []
+
+
+def test_a_grant_racing_lock_timeout_leaves_no_lock_held(
+    pg_server: Pg, pg_dsn: str, name: str
+) -> None:
+    """The server may grant the lock just as lock_timeout ends the statement:
+    it still sends the timeout error, and a session-level advisory lock
+    survives that. LockTimeout must then leave nothing held: 300 waits of
+    3 ms, each released by the holder at a random point around its deadline
+    (before the fix, about 4 in 10 of those that timed out kept the lock)."""
+    holder = psycopg.connect(pg_dsn, autocommit=True)
+    b = PostgresLock(name, pg_dsn)
+    timed_out = 0
+    try:
+        release = f"SELECT pg_advisory_unlock({key_sql(name)})"
+        for _ in range(300):
+            holder.execute(f"SELECT pg_advisory_lock({key_sql(name)})")
+            releaser = threading.Timer(
+                0.003 + random.uniform(-0.0004, 0.0002), lambda: holder.execute(release)
+            )
+            releaser.start()
+            try:
+                b.acquire(timeout=0.003)
+                b.release()
+            except LockTimeout:
+                timed_out += 1
+            releaser.join()
+            got = holder.execute(f"SELECT pg_try_advisory_lock({key_sql(name)})").fetchone()
+            assert got == (True,), "a session of b's kept the lock after LockTimeout"
+            holder.execute(release)
+        assert timed_out >= 30  # the race was run
+    finally:
+        b.close()
+        holder.close()
 
 
 # ---- errors -----------------------------------------------------------------------

@@ -432,6 +432,11 @@ class PostgresBackend:
                 return waiter.reason or Outcome.DEADLINE  # silent: the session is closed
             self._result(handle)
         except _Refused as refused:
+            # The server may have granted the lock just as lock_timeout (or a
+            # cancel request) ended the statement: the error is still sent,
+            # and a session-level advisory lock survives it. The handle goes
+            # back to the pool as one that may hold it, so it is unlocked first.
+            handle.holds = True
             if refused.state == _LOCK_NOT_AVAILABLE:
                 return Outcome.DEADLINE
             if refused.state == _QUERY_CANCELED and waiter.reason is not None:
