@@ -322,6 +322,57 @@ def test_asyncio_task_cancel_and_timeout_end_the_wait(locks: list[PostgresLock])
     asyncio.run(main())
 
 
+def test_trio_cancel_scope_ends_the_servers_wait(pg_server: Pg, locks: list[PostgresLock]) -> None:
+    """Under trio (through anyio): a cancel scope ends a task's wait on the server
+    at once, leaving no session waiting there; the loop keeps running meanwhile;
+    lock_async and with_lock_async take and give back the lock through the
+    server, whose round trips run in touchfile's threads."""
+    import anyio
+    import trio
+
+    a, b = locks
+    a.acquire()
+
+    async def main() -> None:
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                await trio.sleep(0.01)
+                ticks += 1
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticker)
+            start = time.monotonic()
+            with trio.move_on_after(0.3):
+                await b.acquire_async()
+            assert 0.3 <= time.monotonic() - start < 0.4  # ended at the scope's deadline
+            assert ticks >= 10  # the loop ran while the task waited
+            assert not b.locked()
+            with anyio.fail_after(5):
+                while [s for s in ours(pg_server) if s[1] == "active"]:
+                    await trio.sleep(0.01)  # the server's wait is over
+            with pytest.raises(LockTimeout):
+                await b.acquire_async(timeout=0.2)
+            a.release()
+            async with b.lock_async(timeout=5):
+                assert b.locked()
+                with pytest.raises(LockTimeout):
+                    a.acquire(timeout=0)
+
+            async def work() -> int:
+                return 7
+
+            assert await b.with_lock_async(work, SHARED, timeout=5) == 7
+            assert not b.locked()
+            a.acquire(timeout=5)  # given back on the server
+            a.release()
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+
+
 # ---- faults -----------------------------------------------------------------------
 
 

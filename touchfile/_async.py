@@ -1,12 +1,16 @@
-"""Lock waits for asyncio tasks, blocking in the kernel without blocking the loop.
+"""Lock waits for async tasks (asyncio, uvloop, trio, and anyio on either),
+blocking in the kernel without blocking the event loop.
 
-The first try is made on the event loop (a free lock costs no thread). A
-lock that is busy is waited for in one of touchfile's own threads, exactly
-as a thread's wait is (a blocked flock(), ended by the native interrupt), so
-the loop's default executor is never used. When the task is cancelled, the
-loop cancels that wait through a Context and raises CancelledError at once,
-without waiting for the thread; whichever side comes second, the task's or
-the thread's, gives back a lock that was granted at the same moment.
+The first try is made on the loop (a free lock costs no thread). A lock that
+is busy is waited for in one of touchfile's own threads, exactly as a
+thread's wait is (a blocked flock(), ended by the native interrupt), so the
+library's own worker threads are never used. When the task is cancelled (a
+task.cancel(), a trio or anyio cancel scope), that wait is cancelled through
+a Context at once, without waiting for the thread; whichever side comes
+second, the task's or the thread's, gives back a lock granted at the same
+moment. (On trio, a cancel that comes after the thread has woken the task
+cannot be refused: the task takes the lock, and trio delivers the cancel at
+its next checkpoint, which a ``lock_async()`` block's exit survives.)
 
 Threads: one per wait in progress (a blocked wait needs its own thread; it
 costs no CPU). They are reused, and one idle for IDLE_SECONDS exits, so
@@ -17,10 +21,10 @@ from __future__ import annotations
 
 import _thread
 import asyncio
-import contextlib
 import queue
+import sys
 import threading
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol, TypeVar
 
 from ._acquire import Request, begin
 from ._context import Context
@@ -29,6 +33,7 @@ if TYPE_CHECKING:
     from ._lock import LockBase
 
 IDLE_SECONDS = 10.0
+T = TypeVar("T")
 
 
 class _Threads:
@@ -73,86 +78,193 @@ def reset_after_fork() -> None:
     _threads = _Threads()  # the parent's threads do not exist in the child
 
 
-class _State:
-    """One wait in a thread; settled by the thread or abandoned by the task."""
+def current_task() -> object | None:
+    """The running asyncio or trio task (anyio runs on either), or None."""
+    loop = asyncio._get_running_loop()
+    if loop is not None:
+        return asyncio.current_task(loop)
+    trio = sys.modules.get("trio")  # never imported here: a trio task has done so
+    if trio is not None:
+        try:
+            return trio.lowlevel.current_task()  # type: ignore[no-any-return]
+        except RuntimeError:  # not in a trio task
+            pass
+    return None
 
-    __slots__ = ("abandoned", "error", "finished", "mutex", "request")
+
+class _Waker(Protocol):
+    """How a thread wakes the task that sleeps until its job ends."""
+
+    def wake(self, error: BaseException | None) -> bool:
+        """From the thread: wake the task, raising error in it if one is
+        given. False if it cannot be done (the loop is gone)."""
+
+    async def sleep(self, on_cancel: Callable[[], bool]) -> None:
+        """In the task: sleep until woken. If the task is cancelled first,
+        call on_cancel(): True means the thread will not wake it, and the
+        cancel is raised at once; False, that a wake is coming."""
+
+
+class _AsyncioWaker:
+    __slots__ = ("done", "loop")
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.done: asyncio.Future[None] = self.loop.create_future()
+
+    def wake(self, error: BaseException | None) -> bool:
+        try:
+            self.loop.call_soon_threadsafe(_settle, self.done, error)
+        except RuntimeError:  # the loop is closed
+            return False
+        return True
+
+    async def sleep(self, on_cancel: Callable[[], bool]) -> None:
+        try:
+            await self.done
+        except BaseException:
+            if not self.done.done() or self.done.cancelled():
+                on_cancel()  # asyncio cannot refuse a cancel: always raised
+            raise
+
+
+def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:  # on the loop
+    if not done.done():
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
+
+class _TrioWaker:
+    __slots__ = ("task", "token", "trio")
+
+    def __init__(self) -> None:
+        import trio
+
+        self.trio = trio
+        self.task = trio.lowlevel.current_task()
+        self.token = trio.lowlevel.current_trio_token()
+
+    def wake(self, error: BaseException | None) -> bool:
+        import outcome  # trio's own dependency
+
+        result = outcome.Value(None) if error is None else outcome.Error(error)
+        try:
+            self.token.run_sync_soon(self.trio.lowlevel.reschedule, self.task, result)
+        except self.trio.RunFinishedError:
+            return False
+        return True
+
+    async def sleep(self, on_cancel: Callable[[], bool]) -> None:
+        abort = self.trio.lowlevel.Abort
+
+        def on_abort(_: Any) -> Any:
+            return abort.SUCCEEDED if on_cancel() else abort.FAILED
+
+        await self.trio.lowlevel.wait_task_rescheduled(on_abort)
+
+
+def _waker(api: str) -> _Waker:
+    if asyncio._get_running_loop() is not None:
+        return _AsyncioWaker()
+    trio = sys.modules.get("trio")
+    if trio is not None and current_task() is not None:
+        return _TrioWaker()
+    raise RuntimeError(f"{api} must be awaited in an asyncio or trio task (anyio runs on either)")
+
+
+class _Job:
+    """One job in a thread; its result goes to the task, or to left() if the
+    task has gone."""
+
+    __slots__ = ("abandoned", "finished", "mutex", "result")
 
     def __init__(self) -> None:
         self.mutex = threading.Lock()
         self.abandoned = False  # the task has gone (cancelled)
-        self.finished = False  # the thread's wait has ended ...
-        self.error: BaseException | None = None  # ... with this error, or the lock
-        self.request: Request | None = None  # what the thread waited with
+        self.finished = False  # the job has ended ...
+        self.result: Any = None  # ... with this result (None after an error)
+
+
+async def _in_thread(
+    api: str, job: Callable[[], T | None], left: Callable[[T], None], stop: Context | None
+) -> T | None:
+    """Run job() in a thread while the task sleeps, and return its result or
+    raise its error. A cancel of the task while the job runs cancels stop and
+    leaves the job's result to left(), in the thread; one that comes once
+    the job has ended gives its result to left() here (asyncio), or is left
+    to the task's next checkpoint (trio)."""
+    waker = _waker(api)
+    state = _Job()
+
+    def run() -> None:  # in a thread
+        result, error = None, None
+        try:
+            result = job()
+        except BaseException as e:
+            error = e
+        with state.mutex:
+            state.finished, state.result = True, result
+            abandoned = state.abandoned
+        if (abandoned or not waker.wake(error)) and result is not None:
+            left(result)  # nobody will take it
+
+    def on_cancel() -> bool:  # in the task
+        with state.mutex:
+            if state.finished:
+                return False
+            state.abandoned = True
+        if stop is not None:
+            stop.cancel()  # ends the job's wait
+        return True
+
+    _threads.run(run)
+    try:
+        await waker.sleep(on_cancel)
+    except BaseException:
+        with state.mutex:
+            result = None if state.abandoned else state.result
+            state.result = None
+        if result is not None:  # it ended as the task was cancelled: give it back
+            left(result)
+        raise
+    return state.result  # type: ignore[no-any-return]
 
 
 async def acquire(lk: LockBase, kind: object, timeout: object, ctx: Context | None) -> None:
     """acquire_async(): the first try on the loop, a wait in a thread. Over a
     network (PostgreSQL) the try is a round trip too, and goes to the thread."""
-    task = asyncio.current_task()
+    task = current_task()
     if task is None:
-        raise RuntimeError("acquire_async() must be awaited in an asyncio task")
+        raise RuntimeError(
+            "acquire_async() must be awaited in an asyncio or trio task (anyio runs on either)"
+        )
     lk._async = True
     locks = lk._locks
-    if locks.backend.remote:
-        await _in_thread(lambda: begin(locks, kind, timeout, ctx, task, commit=False), ctx)
-        return
-    request = begin(locks, kind, timeout, ctx, task)
-    if request is not None:
-        await _in_thread(lambda: request, ctx)
-
-
-async def _in_thread(start: Callable[[], Request | None], ctx: Context | None) -> None:
-    """start() and the request's wait() in a thread, then hold() in the
-    task; raise as they do."""
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
+    first = None if locks.backend.remote else begin(locks, kind, timeout, ctx, task)
+    if first is None and not locks.backend.remote:
+        return  # taken at once
     stop = Context.with_cancel(parent=ctx)  # cancelled with the task
-    state = _State()
 
-    def wait() -> None:  # in a thread
-        error: BaseException | None = None
-        request = None
+    def wait() -> Request:  # in a thread
+        request = first or begin(locks, kind, timeout, ctx, task, commit=False)
+        assert request is not None  # (commit=False: a granted Request, never None)
         try:
-            request = start()
-            assert request is not None
-            with state.mutex:
-                state.request = request
             request.wait(stop)
-        except BaseException as e:
-            error = e
-        with state.mutex:
-            state.finished, state.error = True, error
-            abandoned = state.abandoned
-        if not abandoned:
-            try:
-                loop.call_soon_threadsafe(_settle, done, error)
-                return
-            except RuntimeError:  # the loop is closed: nobody will take the lock
-                pass
-        if request is not None:
-            request.abandon()
+        except BaseException:
+            request.abandon()  # nothing is held
+            raise
+        return request
 
-    _threads.run(wait)
+    granted = await _in_thread("acquire_async()", wait, Request.abandon, stop)
+    assert granted is not None
     try:
-        await done
-        request = state.request
-        assert request is not None
-        request.hold()
-    except asyncio.CancelledError:
-        with state.mutex:
-            state.abandoned = True
-            finished, request = state.finished, state.request
-        if not finished:
-            stop.cancel()  # the thread ends its wait, and gives the handle back
-        elif request is not None:  # granted (or failed) as we were cancelled: give it back
-            request.abandon()
-        raise
+        granted.hold()
     except BaseException:
-        if state.request is not None:
-            state.request.abandon()  # the wait failed (or hold() did not happen): nothing is held
+        granted.abandon()
         raise
-    request.check_closed()
+    granted.check_closed()
 
 
 async def release(lk: LockBase) -> None:
@@ -162,25 +274,9 @@ async def release(lk: LockBase) -> None:
     handle = locks.held.pop(owner, None)
     if handle is None:
         raise locks.not_held(owner)
-    loop = asyncio.get_running_loop()
-    done: asyncio.Future[None] = loop.create_future()
-
-    def put_back() -> None:  # in a thread
-        error: BaseException | None = None
-        try:
-            locks.put_back(handle)  # LockLost, if the hold had been lost
-        except BaseException as e:
-            error = e
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nobody to tell
-            loop.call_soon_threadsafe(_settle, done, error)
-
-    _threads.run(put_back)
-    await done
+    # LockLost, if the hold had been lost. A cancel does not stop the release.
+    await _in_thread("release()", lambda: locks.put_back(handle), _nothing, None)
 
 
-def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:  # on the loop
-    if not done.done():
-        if error is None:
-            done.set_result(None)
-        else:
-            done.set_exception(error)
+def _nothing(_: object) -> None:
+    pass

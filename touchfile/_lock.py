@@ -37,7 +37,7 @@ _get_ident = threading.get_ident
 class LockBase:
     """The lock API over one backend: TouchFile's, and PostgresLock's.
 
-    Locks are owned by the thread (or asyncio task) that takes them.
+    Locks are owned by the thread (or async task) that takes them.
     """
 
     __slots__ = ("__weakref__", "_async", "_locks")
@@ -105,17 +105,17 @@ class LockBase:
         return held_context(self._locks, self._owner())
 
     def locked(self) -> bool:
-        """True when the calling thread (or asyncio task) holds a lock through this object."""
+        """True when the calling thread (or async task) holds a lock through this object."""
         return self._owner() in self._locks.held
 
     def _owner(self) -> object:
-        """Who takes and gives back locks here: the current asyncio task, if
-        this object has served tasks and one is running, else the thread."""
+        """Who takes and gives back locks here: the current async task
+        (asyncio's or trio's), if this object has served tasks and one is
+        running, else the thread."""
         if self._async:
-            from asyncio import _get_running_loop, current_task
+            from ._async import current_task
 
-            loop = _get_running_loop()
-            task = current_task(loop) if loop is not None else None
+            task = current_task()
             if task is not None:
                 return task
         return _get_ident()
@@ -171,7 +171,7 @@ class LockBase:
             raise _not_sync(fn)
         return result
 
-    # ---- asyncio -----------------------------------------------------------
+    # ---- async: asyncio, trio, and anyio on either -----------------------
 
     async def acquire_async(
         self,
@@ -180,9 +180,10 @@ class LockBase:
         timeout: float | None = None,
         ctx: Context | None = None,
     ) -> None:
-        """acquire() for asyncio tasks: the event loop never blocks, and
-        cancelling the task ends the wait at once. The lock belongs to the
-        task; give it back with release() from that task."""
+        """acquire() for async tasks (asyncio, uvloop, trio, anyio): the event
+        loop never blocks, and cancelling the task (or its cancel scope) ends
+        the wait at once. The lock belongs to the task; give it back with
+        release() from that task."""
         from ._async import acquire
 
         await acquire(self, kind, timeout, ctx)
@@ -267,7 +268,7 @@ class TouchFile(LockBase):
 
     ``TouchFile(path)`` opens (creating if missing, never truncating) the lock
     file at path; ``TouchFile()`` makes a fresh temporary one that close()
-    removes. Locks are owned by the thread (or asyncio task) that takes them.
+    removes. Locks are owned by the thread (or async task) that takes them.
     """
 
     __slots__ = ("_method", "_mode", "path")
