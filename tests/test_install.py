@@ -63,6 +63,19 @@ def test_installs_without_a_compiler_and_polls(tmp_path: Path) -> None:
         [str(venv / "bin" / "touchfile"), "--version"], capture_output=True, text=True, timeout=60
     )
     assert version.stdout.endswith("(polling waits: the native core is not built)\n")
+    # The fall back to polling is a WARNING of the "touchfile" logger, once.
+    code = (
+        "import logging\nlogging.basicConfig(format='%(name)s %(levelname)s: %(message)s')\n"
+        "from touchfile import TouchFile\nTouchFile().close()\nTouchFile().close()"
+    )
+    logged = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, timeout=60,
+        cwd="/",
+    )  # fmt: skip
+    assert logged.stderr == (
+        "touchfile WARNING: touchfile's native core is not built: lock waits poll, up to 10 ms "
+        "late (install touchfile where a C compiler is available for waits in the kernel)\n"
+    )
 
 
 def test_require_native_makes_a_failed_build_an_error(tmp_path: Path) -> None:

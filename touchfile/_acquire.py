@@ -18,6 +18,7 @@ import time
 import weakref
 from typing import Any
 
+from . import _log
 from ._backend import Backend, Waiter
 from ._context import Context, check_timeout
 from ._errors import LockCancelled, LockError, LockLost, LockTimeout
@@ -26,6 +27,7 @@ from ._native import Outcome
 
 _monotonic = time.monotonic
 _INF = math.inf
+_DEBUG = _log.DEBUG
 
 
 class Locks:
@@ -59,6 +61,7 @@ class Locks:
         self.waits: set[Waiter] = set()  # waits in progress, for close() to end
         self.released: set[object] = set()  # the owners whose holds close() ended
         instances.add(self)
+        _log.logger()  # found now, if logging has been imported since the last one
 
     def open(self) -> Any:
         handle = self.backend.open()
@@ -82,6 +85,8 @@ class Locks:
         if handle.ctx is not None:
             end_hold(handle)
         self.backend.release(handle)
+        if handle.since:
+            log_release(self, handle)
         if not handle.closed:  # a lost hold's handle is closed
             self.idle.append(handle)
         if self.closed:  # close() may have drained the pool before our append
@@ -240,6 +245,9 @@ def begin(
     if not commit:
         return Request(locks, handle, kind, deadline, ctx, owner, start, granted=True)
     locks.held[owner] = handle  # as Request.hold(): no call since the try
+    log = _log._log
+    if log is not None and log.isEnabledFor(_DEBUG):
+        handle.since = _monotonic()  # for release()'s DEBUG record
     if locks.closed:
         raise locks.closed_while_taking(owner, handle)
     return None
@@ -338,6 +346,7 @@ class Request:
         if self.granted:
             return
         locks, backend = self.locks, self.locks.backend
+        held_by = _held_by(backend) if _log.debugging() else None
         waiter = backend.waiter(self.deadline)
         with locks.mutex:
             if locks.closed:
@@ -352,6 +361,11 @@ class Request:
                 ctx._detach(waiter)
             with locks.mutex:
                 locks.waits.discard(waiter)
+        if held_by is not None:
+            _log.logger().debug(
+                "waited %.3f s for %s lock on %s (held by %s): %s", _monotonic() - self.start,
+                self.kind.value, backend.name, held_by, _OUTCOME_WORDS.get(outcome, outcome.name),
+            )  # fmt: skip
         if outcome is not Outcome.OK:
             raise ended(outcome, backend.name, self.kind, _monotonic() - self.start)
 
@@ -363,6 +377,8 @@ class Request:
         it back unlocked. So this is the one call, and the store is its first
         statement: nothing can land inside it after the entry."""
         self.locks.held[self.owner] = self.handle
+        if _log.debugging():
+            self.handle.since = _monotonic()  # for release()'s DEBUG record
 
     def check_closed(self) -> None:
         """After hold(): undo it, and say so, if close() came meanwhile."""
@@ -377,6 +393,31 @@ class Request:
         # an entry is ours; close() may pop it first, and then closed it.
         self.locks.held.pop(self.owner, None)
         self.locks.give_back(self.handle)
+
+
+_OUTCOME_WORDS = {
+    Outcome.OK: "granted", Outcome.DEADLINE: "timed out", Outcome.CANCELLED: "cancelled",
+    Outcome.CLOSED: "closed",
+}  # fmt: skip
+
+
+def _held_by(backend: Backend[Any, Any]) -> str:
+    """Who holds the lock, for a wait's DEBUG record."""
+    try:
+        found = backend.holders()
+    except Exception as e:  # /proc unreadable, or the server gone: the wait goes on
+        return f"unknown: {e}"
+    if not found:
+        return "no process this one can see"
+    return ", ".join(f"pid {h.pid} ({h.kind.value}, {h.command})" for h in found)
+
+
+def log_release(locks: Locks, handle: Any) -> None:
+    """The DEBUG record of a release: how long the lock was held."""
+    since, handle.since = handle.since, 0.0
+    log = _log.logger()
+    if log is not None:
+        log.debug("released lock on %s, held %.3f s", locks.backend.name, _monotonic() - since)
 
 
 def ended(outcome: Outcome, name: str, kind: LockType, waited: float) -> LockError:

@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 class Handle(Protocol):
     # The holder's held_context(), once asked for: cancelled when the hold ends.
     ctx: Context | None
+    # When the hold began (time.monotonic()), set while the "touchfile" logger
+    # takes DEBUG records, for the release's; 0.0 otherwise.
+    since: float
 
     @property
     def closed(self) -> bool:

@@ -31,7 +31,7 @@ import time
 import warnings
 from typing import Callable
 
-from . import _native
+from . import _log, _native
 from ._context import Context
 from ._errors import LockError
 from ._holders import LockHolder, holders
@@ -90,19 +90,27 @@ def choose(
         # Once per process: the handler of the first wait stays the one.
         _native.use_signal(_native.parse_signal(os.environ.get("TOUCHFILE_SIGNAL", "SIGURG")))
         _signal_chosen = True
-    cls = FlockNative if setting != "0" and _native.AVAILABLE else FlockPolling
-    return cls(path, mode, method, span, fd, adopt)
+    if setting == "0":
+        return FlockPolling(path, mode, method, span, fd, adopt)
+    if not _native.AVAILABLE:
+        _log.warn_once(
+            "touchfile's native core is not built: lock waits poll, up to 10 ms late "
+            "(install touchfile where a C compiler is available for waits in the kernel)"
+        )
+        return FlockPolling(path, mode, method, span, fd, adopt)
+    return FlockNative(path, mode, method, span, fd, adopt)
 
 
 class FlockHandle:
     """One open file description of the lock file, and the file it was opened on."""
 
-    __slots__ = ("__weakref__", "closed", "ctx", "dev", "fd", "ino", "writable")
+    __slots__ = ("__weakref__", "closed", "ctx", "dev", "fd", "ino", "since", "writable")
 
     lost = False  # a lock file's lock is never lost
 
     def __init__(self) -> None:
         self.ctx: Context | None = None  # the holder's held_context(), once asked for
+        self.since = 0.0  # when the hold began, while the logger takes DEBUG
         self.fd = -1
         self.closed = True  # fd < 0 (a plain attribute: read on the hot path)
         self.dev = self.ino = 0

@@ -18,7 +18,7 @@ from . import (
     _flock,
     _fork,  # noqa: F401  (resets the child after fork(), once locks exist)
 )
-from ._acquire import Locks, begin, end_hold, held_context
+from ._acquire import Locks, begin, end_hold, held_context, log_release
 from ._backend import Backend
 from ._context import Context
 from ._errors import LockError, LockLost
@@ -92,6 +92,8 @@ class LockBase:
         if handle.ctx is not None:
             end_hold(handle)
         locks.backend.release(handle)  # LockLost, if the hold had been lost
+        if handle.since:
+            log_release(locks, handle)
         if not handle.closed:
             locks.idle.append(handle)
         if locks.closed:  # close() may have drained the pool before our append

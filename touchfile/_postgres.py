@@ -149,6 +149,7 @@ class PgHandle:
         "pending",
         "pgconn",
         "pid",
+        "since",
         "sock",
         "token",
         "using",
@@ -166,6 +167,7 @@ class PgHandle:
         self.lost = False  # the session ended while it held the lock
         self.watched = False  # by _watcher, while it holds the lock
         self.ctx: Context | None = None  # the holder's held_context(), once asked for
+        self.since = 0.0  # when the hold began, while the logger takes DEBUG
         self.token: int | None = None  # the hold's fencing token, once asked for
         self.why = ""  # how the session ended, once lost
         # Held by a statement on a held session: the holder's fencing_token()
