@@ -688,7 +688,8 @@ def test_pickle_copies_path_and_options(tmp_path: Path, method: str) -> None:
             assert isinstance(error, LockTimeout)
             tf.release()
             copy.acquire(timeout=0)
-            assert pickle.loads(pickle.dumps(copy))._method == method
+            with pickle.loads(pickle.dumps(copy)) as again:
+                assert again._method == method
     path.unlink()
     with pickle.loads(pickle.dumps(tf)):  # loaded where the file is gone: made anew
         assert stat.S_IMODE(path.stat().st_mode) == 0o600 & ~_umask()
@@ -735,3 +736,53 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+# ---- leaks ---------------------------------------------------------------------------
+
+
+def test_an_unclosed_touchfile_warns_and_is_closed_when_collected(tmp_path: Path) -> None:
+    """Dropped without close(), as an unclosed file is: ResourceWarning naming the
+    path, its descriptors closed (a lock it held is given back), and a
+    TouchFile()'s temporary file removed."""
+    path = str(tmp_path / "leaked.lock")
+    fds = len(os.listdir("/proc/self/fd"))
+    tf = TouchFile(path)
+    tf.acquire()
+    temporary = TouchFile()
+    temporary_path = temporary.path
+    with pytest.warns(ResourceWarning, match=f"unclosed TouchFile {path!r}"):
+        del tf
+    assert probe(path)  # the lock went with its descriptor
+    with pytest.warns(ResourceWarning, match="unclosed TouchFile"):
+        del temporary
+    assert not os.path.exists(temporary_path)
+    assert len(os.listdir("/proc/self/fd")) == fds
+
+
+def test_closed_and_exiting_objects_do_not_warn(tmp_path: Path) -> None:
+    """A closed TouchFile is collected in silence; one still alive when the
+    interpreter exits is no leak (a module's lock, say): its temporary file is
+    removed, without a warning even where ResourceWarning is an error. A forked
+    child that exits leaves its parent's temporary file alone."""
+    with TouchFile() as tf:
+        pass
+    del tf
+    code = (
+        "import os, sys, touchfile\n"
+        "tf = touchfile.TouchFile()\n"
+        "other = touchfile.TouchFile()\n"
+        "print(tf.path, other.path, flush=True)\n"
+        "if os.fork() == 0:\n"
+        "    sys.exit(0)  # atexit runs in the child too\n"
+        "os.wait()\n"
+        "print(os.path.exists(tf.path))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-X", "dev", "-W", "error::ResourceWarning", "-c", code],
+        capture_output=True, text=True, timeout=60, cwd="/",
+    )  # fmt: skip
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    first, then = proc.stdout.splitlines()
+    assert then == "True"  # the child's exit left it
+    assert not any(os.path.exists(p) for p in first.split())  # the parent's removed both

@@ -485,6 +485,22 @@ def test_a_grant_racing_lock_timeout_leaves_no_lock_held(
         holder.close()
 
 
+def test_an_unclosed_postgres_lock_warns_and_ends_its_sessions(
+    pg_server: Pg, pg_dsn: str, name: str
+) -> None:
+    """Dropped without close(): ResourceWarning, and its sessions end (the
+    lock it held with them), as close() would have done."""
+    lk = PostgresLock(name, pg_dsn)
+    lk.acquire()
+    assert ours(pg_server) != []
+    with pytest.warns(ResourceWarning, match=f"unclosed PostgresLock '.*#{name}'"):
+        del lk
+    wait_until(lambda: ours(pg_server) == [])
+    with PostgresLock(name, pg_dsn) as other:
+        other.acquire(timeout=0)
+        other.release()
+
+
 # ---- errors -----------------------------------------------------------------------
 
 

@@ -6,10 +6,13 @@ how a lock file is locked in _flock.py.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import errno
 import os
 import threading
+import warnings
+import weakref
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
@@ -32,6 +35,29 @@ L = TypeVar("L", bound="LockBase")
 F = TypeVar("F", bound=Callable[..., Any])
 
 _get_ident = threading.get_ident
+_exiting = False  # the interpreter is exiting: objects still alive are not leaks
+_exit_registered = False
+
+
+def _exit() -> None:
+    global _exiting
+    _exiting = True
+
+
+def _collected(locks: Locks, what: str, pid: int) -> None:
+    """A lock object collected without close(): close it, and warn of the leak
+    as an unclosed file does. One alive as the interpreter exits is no leak:
+    only a TouchFile()'s file is removed, and the process's end closes the
+    rest, which keeps a lock that a child shares (the command's background
+    child, flock(1)'s way). Nothing in a forked child: what it has are the
+    parent's."""
+    if locks.closed or os.getpid() != pid:
+        return
+    if _exiting:
+        locks.backend.discard()
+        return
+    locks.close()
+    warnings.warn(f"unclosed {what} {locks.backend.name!r}", ResourceWarning, stacklevel=1)
 
 
 class LockBase:
@@ -44,7 +70,10 @@ class LockBase:
 
     _locks: Locks
 
-    def _start(self, backend: Backend[Any, Any]) -> None:
+    def _start(self, backend: Backend[Any, Any], watched: bool = True) -> None:
+        """Begin with backend. watched: closed, with a ResourceWarning, if
+        collected unclosed (the command's lock is not: it is left to the
+        processes that share its descriptor)."""
         # True once a task has taken a lock here: owners may be tasks.
         self._async = False
         try:
@@ -52,6 +81,15 @@ class LockBase:
         except BaseException:
             backend.discard()  # TouchFile()'s file, made through a planted TMPDIR, say
             raise
+        if not watched:
+            return
+        weakref.finalize(self, _collected, self._locks, type(self).__name__, os.getpid())
+        global _exit_registered
+        if not _exit_registered:
+            # After weakref.finalize's own exit function (registered by the
+            # first finalize made), so that this one runs before it.
+            atexit.register(_exit)
+            _exit_registered = True
 
     @property
     def native(self) -> bool:
@@ -321,7 +359,7 @@ class TouchFile(LockBase):
             raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
         tf = cls.__new__(cls)
         tf._mode, tf._method = 0o666, method
-        tf._begin(_flock.choose(path, 0o666, method, span, fd, adopt))
+        tf._begin(_flock.choose(path, 0o666, method, span, fd, adopt), watched=False)
         return tf
 
     def _unlock(self) -> int:
@@ -335,9 +373,9 @@ class TouchFile(LockBase):
         fd: int = handle.fd
         return fd
 
-    def _begin(self, backend: _flock.FlockPolling) -> None:
+    def _begin(self, backend: _flock.FlockPolling, watched: bool = True) -> None:
         self.path: str = backend.name
-        self._start(backend)
+        self._start(backend, watched)
 
     def __reduce__(self) -> tuple[Any, ...]:
         """A copy (pickle, multiprocessing) is the path and options: it holds
