@@ -245,8 +245,8 @@ def begin(
     if not commit:
         return Request(locks, handle, kind, deadline, ctx, owner, start, granted=True)
     locks.held[owner] = handle  # as Request.hold(): no call since the try
-    log = _log._log
-    if log is not None and log.isEnabledFor(_DEBUG):
+    cached = _log.cached
+    if cached is not None and cached(_DEBUG) is not False and _log.debugging():
         handle.since = _monotonic()  # for release()'s DEBUG record
     if locks.closed:
         raise locks.closed_while_taking(owner, handle)

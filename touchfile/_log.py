@@ -11,23 +11,35 @@ polling, imports logging itself (warn_once()).
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import Any, Callable
 
 DEBUG = 10
 _log: Any = None  # the logger, once found
 _warned: set[str] = set()
+# For the hot path, once the logger is found: cached(DEBUG) is False when the
+# logger is known not to take DEBUG records (True or None: ask debugging()).
+# It is the logger's own cache of isEnabledFor() answers, read without a
+# Python call (a tenth of an uncontended acquisition's cost); logging empties
+# that dict, never replaces it, when levels change.
+cached: Callable[[int], bool | None] | None = None
 
 
 def logger() -> Any:
     """The "touchfile" logger, or None while logging is not imported."""
-    global _log
+    global _log, cached
     if _log is None:
         logging = sys.modules.get("logging")
         if logging is not None:
             log = logging.getLogger(__package__)
             log.addHandler(logging.NullHandler())
+            cache = getattr(log, "_cache", None)
+            cached = cache.get if isinstance(cache, dict) else _unknown
             _log = log
     return _log
+
+
+def _unknown(level: int) -> None:
+    return None
 
 
 def debugging() -> bool:
