@@ -77,7 +77,8 @@ def test_each_release_is_logged_with_how_long_the_lock_was_held(
 
 
 def test_nothing_is_recorded_below_debug(lock_path: str, caplog: pytest.LogCaptureFixture) -> None:
-    """With the logger at INFO, no record, and holds carry no timestamp."""
+    """With the logger at INFO, no record, and holds carry no timestamp; set to
+    DEBUG, the next release is recorded."""
     caplog.set_level(logging.INFO, logger="touchfile")
     other = TouchFile(lock_path)
     other.acquire()
@@ -88,8 +89,12 @@ def test_nothing_is_recorded_below_debug(lock_path: str, caplog: pytest.LogCaptu
         tf.acquire()
         assert tf._locks.held[threading.get_ident()].since == 0.0
         tf.release()
+        assert messages(caplog) == []
+        caplog.set_level(logging.DEBUG, logger="touchfile")  # a change of level is seen at once
+        tf.acquire()
+        tf.release()
     other.close()
-    assert messages(caplog) == []
+    assert len(messages(caplog)) == 1 and messages(caplog)[0].startswith("released lock on")
 
 
 def python(code: str) -> subprocess.CompletedProcess[str]:
