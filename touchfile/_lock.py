@@ -66,7 +66,7 @@ class LockBase:
     Locks are owned by the thread (or async task) that takes them.
     """
 
-    __slots__ = ("__weakref__", "_async", "_locks")
+    __slots__ = ("__weakref__", "_async", "_finalizer", "_locks")
 
     _locks: Locks
 
@@ -81,9 +81,12 @@ class LockBase:
         except BaseException:
             backend.discard()  # TouchFile()'s file, made through a planted TMPDIR, say
             raise
+        self._finalizer: weakref.finalize[Any, Any] | None = None
         if not watched:
             return
-        weakref.finalize(self, _collected, self._locks, type(self).__name__, os.getpid())
+        self._finalizer = weakref.finalize(
+            self, _collected, self._locks, type(self).__name__, os.getpid()
+        )
         global _exit_registered
         if not _exit_registered:
             # After weakref.finalize's own exit function (registered by the
@@ -286,6 +289,8 @@ class LockBase:
         A temporary lock file (``TouchFile()``) is removed. Safe to call twice.
         """
         self._locks.close()
+        if self._finalizer is not None:
+            self._finalizer.detach()  # nothing left to do when collected
 
     @property
     def closed(self) -> bool:
