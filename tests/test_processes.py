@@ -116,6 +116,15 @@ def test_lock_is_visible_to_other_processes(lock_path: str, kind: str) -> None:
         )
 
 
+def test_fork_during_a_timed_wait(lock_path: str) -> None:
+    """fork() while a thread waits with a deadline: the child's own timed wait
+    ends at its deadline, the parent's deadline never reaches the child (the
+    wait's timer is not inherited), and the parent's wait ends at its own."""
+    proc = run_program("fork_mid_wait", lock_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["child timeout ok", "parent timeout ok 0"]
+
+
 def test_contexts_work_in_a_child_forked_mid_cancel(lock_path: str) -> None:
     """A child forked while another thread was inside Context's bookkeeping
     can still make, use and cancel Contexts: it does not deadlock."""

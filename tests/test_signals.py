@@ -96,6 +96,50 @@ def test_foreign_handler_falls_back_to_polling(
     assert lines[4] == "warned at ['foreign.py']"  # the caller's acquire(), for filters
 
 
+@pytest.mark.parametrize("end", ["deadline", "cancel"])
+def test_a_signal_landing_before_the_blocking_call_still_ends_the_wait(
+    lock_path: str, holders: Holders, mode: str, end: str
+) -> None:
+    """The deadline's (or a cancel's) signal lands before flock() starts: the
+    core sleeps 20 ms between arming the wait and the call (a knob for this
+    test), so the handler runs in user space, and the call would block on.
+    The re-send (the timer's interval, or the scheduler's) ends it soon after."""
+    if mode != "native":
+        pytest.skip("concerns the native interrupt only")
+    from touchfile import _native
+
+    hold(holders, lock_path)
+    tf = TouchFile(lock_path)
+    ctx = Context.with_cancel()
+    took: list[float] = []
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        start = time.monotonic()
+        try:
+            tf.acquire(timeout=0.002) if end == "deadline" else tf.acquire(ctx=ctx)
+        except BaseException as e:
+            errors.append(e)
+        took.append(time.monotonic() - start)
+
+    _native._lib.tf_set_test_delay(20_000_000)
+    try:
+        thread = threading.Thread(target=wait)
+        thread.start()
+        if end == "cancel":
+            time.sleep(0.005)  # inside the 20 ms, before flock()
+            ctx.cancel()
+        thread.join(5)
+        hung = thread.is_alive()
+    finally:
+        _native._lib.tf_set_test_delay(0)
+        tf.close()  # ends a wait that hung
+        thread.join(5)
+    assert not hung, "the signal was lost: the wait did not end"
+    assert [type(e) for e in errors] == [LockTimeout if end == "deadline" else LockCancelled]
+    assert 0.020 <= took[0] < 0.5
+
+
 def test_interrupt_signal_can_be_chosen(lock_path: str, holders: Holders, mode: str) -> None:
     """TOUCHFILE_SIGNAL picks another signal; SIGURG is then left alone."""
     if mode != "native":
