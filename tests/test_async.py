@@ -479,3 +479,31 @@ def test_acquire_async_outside_a_task_says_what_it_needs(tf: TouchFile) -> None:
     with pytest.raises(RuntimeError, match="awaited in an asyncio or trio task"):
         coro.send(None)
     assert not tf.locked()
+
+
+def test_a_late_give_back_leaves_the_tasks_new_hold_alone(
+    tf: TouchFile, lock_path: str, blocker: Blocker, mode: str, runner: Runner
+) -> None:
+    """A task's wait is cancelled by its scope; the task tries again and takes
+    the lock at once; the first wait's thread, still on its way to flock()
+    (the core holds it there 100 ms, a knob for tests), ends later and gives
+    back its own handle only: the task still holds its lock, and releases it."""
+    if mode != "native":
+        pytest.skip("concerns the native interrupt only")
+    from touchfile import _native
+
+    async def main() -> None:
+        _native._lib.tf_set_test_delay(100_000_000)
+        try:
+            with anyio.move_on_after(0.02):
+                await tf.acquire_async()
+        finally:
+            _native._lib.tf_set_test_delay(0)
+        blocker.release()
+        await tf.acquire_async()  # free now: taken on the loop, through another handle
+        await anyio.sleep(0.3)  # the first wait's thread has ended by now
+        assert tf.locked() and not probe(lock_path)
+        tf.release()
+        assert probe(lock_path)
+
+    runner(main)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import logging
 import math
 import os
 import shutil
@@ -446,13 +447,17 @@ def test_tiny_timeouts_try_once(lock_path: str, holders: Holders, timeout: float
         assert time.monotonic() - start < 0.5
 
 
-def _interrupted_acquisition(lock_path: str, other: int, target: int) -> tuple[bool, list[str]]:
-    """An acquisition that waits 50 ms for other's lock, with KeyboardInterrupt
-    raised at the entry of its target-th touchfile function: (whether it was
-    raised, the functions entered). Checks that the lock is held by the caller
-    or free, then leaves it free."""
-    fcntl.flock(other, fcntl.LOCK_EX)
-    timer = threading.Timer(0.05, fcntl.flock, (other, fcntl.LOCK_UN))
+def _interrupted_acquisition(
+    lock_path: str, other: int, target: int, wait: bool = True, strict: bool = False
+) -> tuple[bool, list[str]]:
+    """An acquisition that waits 50 ms for other's lock (or, wait=False, finds
+    it free), with KeyboardInterrupt raised at the entry of its target-th
+    touchfile function: (whether it was raised, the functions entered).
+    Checks that the lock is held by the caller or free (strict: free, if the
+    acquisition raised), then leaves it free."""
+    if wait:
+        fcntl.flock(other, fcntl.LOCK_EX)
+    timer = threading.Timer(0.05 if wait else 0, fcntl.flock, (other, fcntl.LOCK_UN))
     calls: list[str] = []
 
     def raise_at_target(frame: Any, event: str, arg: Any) -> None:
@@ -476,6 +481,8 @@ def _interrupted_acquisition(lock_path: str, other: int, target: int) -> tuple[b
         timer.join()
         held, free = tf.locked(), probe(lock_path)
         assert held != free, f"at {calls[-1]}: held {held}, lock free {free}"
+        if strict:  # an acquire() that raised holds nothing: no `with` would release it
+            assert not (interrupted and held), f"at {calls[-1]}: raised, yet held"
         if held:
             tf.release()
         if interrupted:
@@ -494,5 +501,24 @@ def test_an_exception_anywhere_in_a_wait_leaves_nothing_held(lock_path: str, mod
         while _interrupted_acquisition(lock_path, other, target)[0]:
             target += 1  # until every call of the acquisition has been hit
         assert target > 5
+    finally:
+        os.close(other)
+
+
+def test_an_exception_anywhere_in_a_logged_acquisition_leaves_nothing_held(
+    lock_path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The same, for a lock that is free and for one waited for, with the
+    logger at DEBUG: its calls (stamping the hold, recording the wait) are
+    places where an exception can land too. A free lock's acquire() that
+    raised holds nothing."""
+    caplog.set_level(logging.DEBUG, logger="touchfile")
+    other = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
+    try:
+        for wait in (False, True):
+            target = 1
+            while _interrupted_acquisition(lock_path, other, target, wait, not wait)[0]:
+                target += 1
+            assert target > 3
     finally:
         os.close(other)

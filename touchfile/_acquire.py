@@ -107,6 +107,7 @@ class Locks:
 
     def let_go(self, handle: Any) -> None:
         """End a hold nobody will be told of: LockLost is nobody's to hear."""
+        handle.since = 0.0  # no release record for it
         end_hold(handle)
         with contextlib.suppress(LockLost):
             self.backend.release(handle)
@@ -238,6 +239,9 @@ def begin(
             if deadline <= start or deadline <= _monotonic():
                 raise ended(Outcome.DEADLINE, locks.backend.name, kind, _monotonic() - start)
             return Request(locks, handle, kind, deadline, ctx, owner, start)
+        cached = _log.cached
+        if cached is not None and cached(_DEBUG) is not False and _log.debugging():
+            handle.since = _monotonic()  # for release()'s DEBUG record
     except BaseException:
         if handle is not None:
             locks.give_back(handle)
@@ -245,9 +249,6 @@ def begin(
     if not commit:
         return Request(locks, handle, kind, deadline, ctx, owner, start, granted=True)
     locks.held[owner] = handle  # as Request.hold(): no call since the try
-    cached = _log.cached
-    if cached is not None and cached(_DEBUG) is not False and _log.debugging():
-        handle.since = _monotonic()  # for release()'s DEBUG record
     if locks.closed:
         raise locks.closed_while_taking(owner, handle)
     return None
@@ -346,7 +347,9 @@ class Request:
         if self.granted:
             return
         locks, backend = self.locks, self.locks.backend
-        held_by = _held_by(backend) if _log.debugging() else None
+        held_by = None
+        if _log.debugging():  # (not over a network: a round trip nothing could end)
+            held_by = "see holders()" if backend.remote else _held_by(backend)
         waiter = backend.waiter(self.deadline)
         with locks.mutex:
             if locks.closed:
@@ -374,11 +377,11 @@ class Request:
         abandons, once the wait returned: an exception (KeyboardInterrupt, a
         stop signal's) may land at any call, and one that lands between the
         grant and this store must find the handle in no one's hands, to give
-        it back unlocked. So this is the one call, and the store is its first
+        it back unlocked. So this is the one call, and the store is its last
         statement: nothing can land inside it after the entry."""
-        self.locks.held[self.owner] = self.handle
         if _log.debugging():
             self.handle.since = _monotonic()  # for release()'s DEBUG record
+        self.locks.held[self.owner] = self.handle
 
     def check_closed(self) -> None:
         """After hold(): undo it, and say so, if close() came meanwhile."""
@@ -389,9 +392,12 @@ class Request:
     def abandon(self) -> None:
         """Nobody will take this lock: give the handle back (unlocked), and
         forget it was held if hold() ran."""
-        # The owner held nothing before this acquisition (begin() checked), so
-        # an entry is ours; close() may pop it first, and then closed it.
-        self.locks.held.pop(self.owner, None)
+        # Only an entry with this handle is ours: close() may have popped it
+        # first, and a task whose wait was cancelled may have taken the lock
+        # again, through another handle, by the time its old wait gives back.
+        held = self.locks.held
+        if held.get(self.owner) is self.handle:
+            held.pop(self.owner, None)
         self.locks.give_back(self.handle)
 
 

@@ -56,7 +56,12 @@ def _collected(locks: Locks, what: str, pid: int) -> None:
     if _exiting:
         locks.backend.discard()
         return
-    locks.close()
+    if locks.backend.remote:
+        # Round trips, and the watcher's mutex, which the collecting thread
+        # may hold (a collection runs wherever an allocation triggers it).
+        threading.Thread(target=locks.close, name="touchfile-close", daemon=True).start()
+    else:
+        locks.close()
     warnings.warn(f"unclosed {what} {locks.backend.name!r}", ResourceWarning, stacklevel=1)
 
 
