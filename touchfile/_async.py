@@ -165,13 +165,19 @@ class _TrioWaker:
         await self.trio.lowlevel.wait_task_rescheduled(on_abort)
 
 
-def _waker(api: str) -> _Waker:
-    if asyncio._get_running_loop() is not None:
-        return _AsyncioWaker()
-    trio = sys.modules.get("trio")
-    if trio is not None and current_task() is not None:
-        return _TrioWaker()
-    raise RuntimeError(f"{api} must be awaited in an asyncio or trio task (anyio runs on either)")
+def _task(api: str) -> object:
+    """The running task, for api (a name in the error when there is none)."""
+    task = current_task()
+    if task is None:
+        raise RuntimeError(
+            f"{api} must be awaited in an asyncio or trio task (anyio runs on either)"
+        )
+    return task
+
+
+def _waker() -> _Waker:
+    """The running task's library's waker (in a task: _task() said so)."""
+    return _AsyncioWaker() if asyncio._get_running_loop() is not None else _TrioWaker()
 
 
 class _Job:
@@ -187,15 +193,13 @@ class _Job:
         self.result: Any = None  # ... with this result (None after an error)
 
 
-async def _in_thread(
-    api: str, job: Callable[[], T | None], left: Callable[[T], None], stop: Context | None
-) -> T | None:
+async def _in_thread(job: Callable[[], T], left: Callable[[T], None], stop: Context | None) -> T:
     """Run job() in a thread while the task sleeps, and return its result or
     raise its error. A cancel of the task while the job runs cancels stop and
     leaves the job's result to left(), in the thread; one that comes once
     the job has ended gives its result to left() here (asyncio), or is left
     to the task's next checkpoint (trio)."""
-    waker = _waker(api)
+    waker = _waker()
     state = _Job()
 
     def run() -> None:  # in a thread
@@ -235,16 +239,14 @@ async def _in_thread(
 async def acquire(lk: LockBase, kind: object, timeout: object, ctx: Context | None) -> None:
     """acquire_async(): the first try on the loop, a wait in a thread. Over a
     network (PostgreSQL) the try is a round trip too, and goes to the thread."""
-    task = current_task()
-    if task is None:
-        raise RuntimeError(
-            "acquire_async() must be awaited in an asyncio or trio task (anyio runs on either)"
-        )
+    task = _task("acquire_async()")
     lk._async = True
     locks = lk._locks
-    first = None if locks.backend.remote else begin(locks, kind, timeout, ctx, task)
-    if first is None and not locks.backend.remote:
-        return  # taken at once
+    first = None
+    if not locks.backend.remote:
+        first = begin(locks, kind, timeout, ctx, task)
+        if first is None:
+            return  # taken at once
     stop = Context.with_cancel(parent=ctx)  # cancelled with the task
 
     def wait() -> Request:  # in a thread
@@ -257,8 +259,7 @@ async def acquire(lk: LockBase, kind: object, timeout: object, ctx: Context | No
             raise
         return request
 
-    granted = await _in_thread("acquire_async()", wait, Request.abandon, stop)
-    assert granted is not None
+    granted = await _in_thread(wait, Request.abandon, stop)
     try:
         granted.hold()
     except BaseException:
@@ -270,12 +271,12 @@ async def acquire(lk: LockBase, kind: object, timeout: object, ctx: Context | No
 async def release(lk: LockBase) -> None:
     """release() by the current task, its round trip in a thread."""
     locks = lk._locks
-    owner = lk._owner()
+    owner = _task("release()")  # the owner (acquire_async() made tasks owners here)
     handle = locks.held.pop(owner, None)
     if handle is None:
         raise locks.not_held(owner)
     # LockLost, if the hold had been lost. A cancel does not stop the release.
-    await _in_thread("release()", lambda: locks.put_back(handle), _nothing, None)
+    await _in_thread(lambda: locks.put_back(handle), _nothing, None)
 
 
 def _nothing(_: object) -> None:

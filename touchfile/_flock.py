@@ -90,15 +90,13 @@ def choose(
         # Once per process: the handler of the first wait stays the one.
         _native.use_signal(_native.parse_signal(os.environ.get("TOUCHFILE_SIGNAL", "SIGURG")))
         _signal_chosen = True
-    if setting == "0":
-        return FlockPolling(path, mode, method, span, fd, adopt)
-    if not _native.AVAILABLE:
+    if setting == "" and not _native.AVAILABLE:  # (TOUCHFILE_NATIVE=0 is a choice)
         _log.warn_once(
             "touchfile's native core is not built: lock waits poll, up to 10 ms late "
             "(install touchfile where a C compiler is available for waits in the kernel)"
         )
-        return FlockPolling(path, mode, method, span, fd, adopt)
-    return FlockNative(path, mode, method, span, fd, adopt)
+    cls = FlockNative if setting != "0" and _native.AVAILABLE else FlockPolling
+    return cls(path, mode, method, span, fd, adopt)
 
 
 class FlockHandle:

@@ -44,7 +44,7 @@ def _unknown(level: int) -> None:
 
 def debugging() -> bool:
     """Whether the logger takes DEBUG records (False while logging is not imported)."""
-    log = _log if _log is not None else logger()
+    log = logger()
     return log is not None and bool(log.isEnabledFor(DEBUG))
 
 
