@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import fcntl
+import gc
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # The touchfile command, installed beside this interpreter.
@@ -90,6 +93,20 @@ def probe(path: str | Path, kind: str = "exclusive") -> bool:
         return False
     finally:
         os.close(fd)
+
+
+@contextmanager
+def no_collector_pauses() -> Iterator[None]:
+    """For a test that measures lateness in milliseconds: collect now, then
+    keep every object that exists from the garbage collector's later passes
+    (gc.freeze()), so that none of them is a full collection of the test
+    process's whole heap."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def wait_until(condition: object, timeout: float = 5.0) -> None:
