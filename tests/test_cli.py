@@ -21,7 +21,8 @@ import pytest
 from helpers import TOUCHFILE, Holders, hold, probe, program, wait_until
 
 import touchfile
-from touchfile import EXCLUSIVE, SHARED, TouchFile
+from touchfile import EXCLUSIVE, SHARED, TouchFile, _cli
+from touchfile._cli_args import parse
 
 FLOCK = shutil.which("flock")
 needs_flock = pytest.mark.skipif(FLOCK is None, reason="util-linux flock(1) is not installed")
@@ -776,6 +777,57 @@ def test_first_try_imports_nothing_heavy() -> None:
         "touchfile", "touchfile._cli", "touchfile._cli_args", "touchfile._cli_report",
         "touchfile._lockop", "touchfile._open", "touchfile._version",
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize("busy", [False, True])
+def test_a_free_lock_runs_the_command_with_nothing_heavy(
+    lock_path: str, holders: Holders, busy: bool
+) -> None:
+    """A lock the first try took runs its command with no more of touchfile than
+    _cli_exec (not typing, threading, enum, cffi or re); a busy one goes through
+    the whole library, which waits (here, -n: it gives up at once)."""
+    if busy:
+        hold(holders, lock_path)
+    code = (
+        "import sys\nfrom touchfile import _cli\n"
+        f"status = _cli.main(['-n', {lock_path!r}, 'true'])\n"
+        "print(status, ' '.join(sorted(m for m in sys.modules if m.startswith('touchfile')"
+        " or m in ('typing', 'threading', 'enum', '_cffi_backend', 're'))))"
+    )
+    proc = run([sys.executable, "-c", code])
+    status, *modules = proc.stdout.split()
+    lean = [
+        "touchfile", "touchfile._cli", "touchfile._cli_args", "touchfile._cli_exec",
+        "touchfile._cli_report", "touchfile._lockop", "touchfile._open", "touchfile._version",
+    ]  # fmt: skip
+    if busy:
+        assert status == "1"
+        assert {"touchfile._cli_run", "touchfile._lock", "typing", "threading"} <= set(modules)
+    else:
+        assert (status, modules) == ("0", lean)
+
+
+@pytest.mark.parametrize("env", ["", "TOUCHFILE_NATIVE", "TOUCHFILE_SIGNAL"])
+def test_a_free_lock_runs_at_once_only_on_the_file_the_path_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: str
+) -> None:
+    """The first try's lock runs the command at once only if the path still
+    names the locked file (replaced meanwhile, the whole library reopens it),
+    and no TOUCHFILE_* variable is set (the whole library checks them)."""
+    path = tmp_path / "L"
+    path.touch()
+    args = parse([str(path), "true"])
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if env:
+            monkeypatch.setenv(env, "1")
+        assert _cli._runs_at_once(args, fd) is not bool(env)
+        monkeypatch.delenv(env, raising=False)
+        (tmp_path / "new").touch()
+        os.rename(tmp_path / "new", path)
+        assert _cli._runs_at_once(args, fd) is False
+    finally:
+        os.close(fd)
 
 
 @pytest.mark.usefixtures("mode")  # waits: native and polling

@@ -19,6 +19,7 @@ import errno
 import fcntl  # as _lockop does: the first try needs nothing heavier
 import os
 import sys
+import time
 
 from . import _cli_report
 from ._cli_args import VERSION, Args, UsageError, parse, version
@@ -94,11 +95,19 @@ def main(argv: list[str] | None = None) -> int:
         if args.show:
             sys.stdout.write(version() if args.show == VERSION else args.show)
             return 0
-        held = _first_try(args)
+        start = time.monotonic()
+        held, granted = _first_try(args)
+        lean = held is not None and granted and _runs_at_once(args, held)
         try:
-            from . import _cli_run
+            if lean:
+                from . import _cli_exec
+            else:
+                from . import _cli_run
         except OSError as error:  # out of descriptors, say: no module can be read
             raise _Exit(EX_OSERR, f"cannot load touchfile's modules: {error.strerror}") from None
+        if lean:
+            assert held is not None
+            return _cli_exec.run_granted(args, held, start)
         return _cli_run.run(args, held)
     except UsageError as error:
         say(f"{error} (see {_cli_report.program} --help)")
@@ -119,17 +128,18 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + signal.SIGINT
 
 
-def _first_try(args: Args) -> int | None:
+def _first_try(args: Args) -> tuple[int | None, bool]:
     """One non-blocking try of the lock file's lock, before anything else is
-    imported: a descriptor of the lock file, locked if the lock was free, for
-    _cli_run to adopt (None where there is nothing to try: no lock file, -u,
+    imported: a descriptor of the lock file, and whether the try locked it,
+    for _cli_exec to run the command with, or _cli_run to adopt (None where
+    there is nothing to try: no lock file, -u,
     --holders, PostgreSQL; and for FD, whose lock is the caller's: a try there
     would leave it locked if the command then failed, on a bad environment
     variable, say). Raises _Exit if the lock file cannot be opened; errors of
     the try are left for the full path to meet again, and say."""
     lockfile = args.lockfile
     if not lockfile or lockfile.startswith(URL_SCHEMES) or args.kind is None or args.holders:
-        return None
+        return None, False
     path = os.path.abspath(lockfile)
     # An exclusive fcntl() lock needs the file open for writing: open it so,
     # as flock(1) does, and a directory read-only (its lock then fails).
@@ -144,11 +154,28 @@ def _first_try(args: Args) -> int | None:
         raise open_error(lockfile, error) from None
     op = (fcntl.LOCK_EX if args.kind == "exclusive" else fcntl.LOCK_SH) | fcntl.LOCK_NB
     op |= OFD if args.method == "fcntl" else 0
-    try:  # noqa: SIM105  (contextlib is not imported on this path)
+    try:
         lock_op(fd, op, args.span)
     except OSError:  # busy, or an error the full path meets again and reports
-        pass
-    return fd
+        return fd, False
+    return fd, True
+
+
+def _runs_at_once(args: Args, fd: int) -> bool:
+    """The first try took the lock: can the command run now, with no more of
+    touchfile than _cli_exec? Yes if the path still names the locked file (a
+    lock on a file removed or replaced meanwhile guards nothing; the full path
+    reopens it), and no TOUCHFILE_* variable says how to wait (the full path
+    checks them, as it does before every wait). (A lock file always comes
+    with a command: FD alone, -u and --holders make no first try.)"""
+    if "TOUCHFILE_NATIVE" in os.environ or "TOUCHFILE_SIGNAL" in os.environ:
+        return False
+    try:
+        named = os.stat(os.path.abspath(str(args.lockfile)))
+    except OSError:
+        return False
+    opened = os.fstat(fd)
+    return (named.st_dev, named.st_ino) == (opened.st_dev, opened.st_ino)
 
 
 def _die_of(signum: int) -> None:

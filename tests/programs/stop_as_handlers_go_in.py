@@ -7,9 +7,9 @@ from __future__ import annotations
 import os
 import sys
 
-from touchfile import _cli, _cli_run
+from touchfile import _cli, _cli_exec
 
-catch = _cli_run._catch_stop_signals
+catch = _cli_exec.catch_stop_signals
 
 
 def late() -> set[int]:
@@ -18,5 +18,5 @@ def late() -> set[int]:
     return ignored
 
 
-_cli_run._catch_stop_signals = late
+_cli_exec.catch_stop_signals = late
 sys.exit(_cli.main(sys.argv[2:]))
