@@ -35,9 +35,9 @@ from . import _log, _native
 from ._context import Context
 from ._errors import LockError
 from ._holders import LockHolder, holders
-from ._kinds import EXCLUSIVE, LockType
+from ._kinds import EXCLUSIVE, SHARED, LockType
 from ._lockop import OFD as _OFD
-from ._lockop import lock_op
+from ._lockop import conflicts, lock_op
 from ._native import Outcome
 from ._open import open_lock_file
 
@@ -47,6 +47,14 @@ DEADLINE, NO_HANDLER = Outcome.DEADLINE, Outcome.NO_HANDLER
 _EX, _SH, _UN, _NB, _flock = fcntl.LOCK_EX, fcntl.LOCK_SH, fcntl.LOCK_UN, fcntl.LOCK_NB, fcntl.flock
 
 METHODS = ("flock", "fcntl")
+
+# prefer_writers=True: the gate, one byte's open file description record lock
+# (F_OFD_SETLK), which never conflicts with flock() locks. A writer that has
+# to wait holds it exclusive (F_WRLCK, which needs the file open for writing)
+# until it holds the lock; a reader passes it (F_RDLCK, at once when no
+# writer waits) before it asks for its shared flock(). Far beyond any data
+# the lock file may hold: a lock beyond the end of a file is allowed.
+GATE = (2**62, 1)
 
 # What an exclusive lock fails with through a read-only descriptor: fcntl()'s
 # F_WRLCK always (EBADF), and flock(LOCK_EX) on NFS, whose client emulates
@@ -68,6 +76,7 @@ def choose(
     span: tuple[int, int] = (0, 0),
     fd: int | None = None,
     adopt: int | None = None,
+    prefer_writers: bool = False,
 ) -> FlockPolling:
     """The flock backend for path (None: a new temporary lock file), as
     TOUCHFILE_NATIVE says: unset = native if built, "1" = native required,
@@ -75,6 +84,7 @@ def choose(
     span, (start, length) (length 0: to the end). fd: lock that descriptor
     (inherited, say), not a path's file. adopt: a descriptor of path's file,
     opened as open() opens it, to be the first handle (the command's).
+    prefer_writers: a writer that waits holds new readers back (GATE).
 
     Raises ValueError for a bad TOUCHFILE_NATIVE or TOUCHFILE_SIGNAL,
     RuntimeError when TOUCHFILE_NATIVE=1 and the core is not built, and
@@ -96,7 +106,7 @@ def choose(
             "(install touchfile where a C compiler is available for waits in the kernel)"
         )
     cls = FlockNative if setting != "0" and _native.AVAILABLE else FlockPolling
-    return cls(path, mode, method, span, fd, adopt)
+    return cls(path, mode, method, span, fd, adopt, prefer_writers)
 
 
 class FlockHandle:
@@ -199,7 +209,8 @@ class FlockPolling:
     """flock() on the lock file at a path, waiting by polling."""
 
     __slots__ = (
-        "_adopted", "_bpath", "_fd", "_method", "_mode", "_span", "_temporary", "_try", "name"
+        "_adopted", "_bpath", "_fd", "_method", "_mode", "_span", "_temporary", "_try", "name",
+        "prefer_writers",
     )  # fmt: skip
 
     remote = False
@@ -216,6 +227,7 @@ class FlockPolling:
         span: tuple[int, int] = (0, 0),
         fd: int | None = None,
         adopt: int | None = None,
+        prefer_writers: bool = False,
     ) -> None:
         # _OFD for method "fcntl", added to every op.
         self._method = _OFD if method == "fcntl" else 0
@@ -238,6 +250,9 @@ class FlockPolling:
         # Outcome (OK, BUSY, STALE, INTERRUPTED) or -errno, for
         # _native.outcome(). An attribute, not a method: the hot path.
         self._try: Callable[[int, int, bytes | None, int, int], int] = self._try_function()
+        self.prefer_writers = prefer_writers
+        if prefer_writers:  # (so that the other locks' tries pay nothing for it)
+            self._try = _behind_writers(self._try)
 
     def _try_function(self) -> Callable[[int, int, bytes | None, int, int], int]:
         return self._ranged(py_try_range) or py_try_lock
@@ -392,6 +407,46 @@ class FlockPolling:
 
     def wait(self, handle: FlockHandle, kind: LockType, waiter: PollingWaiter) -> Outcome:
         op = (_EX if kind is EXCLUSIVE else _SH) | self._method
+        if not self.prefer_writers:
+            return self._wait(handle, op, waiter)
+        if kind is SHARED:  # behind any writer that waits: through the gate first
+            outcome = self._gate(handle, _OFD | _SH, waiter)
+            if outcome is not OK:
+                return outcome
+            lock_op(handle.fd, _OFD | _UN, GATE)
+            return self._wait(handle, op, waiter)
+        if not handle.writable:
+            self._open_for_gate(handle)
+        outcome = self._gate(handle, _OFD | _EX, waiter)  # after the writers before
+        if outcome is not OK:
+            return outcome
+        try:
+            return self._wait(handle, op, waiter)  # no new reader comes in meanwhile
+        finally:
+            if not handle.closed:  # (reopened meanwhile: the gate went with the old one)
+                lock_op(handle.fd, _OFD | _UN, GATE)
+
+    def _gate(self, handle: FlockHandle, op: int, waiter: PollingWaiter) -> Outcome:
+        """Wait for the gate (op: _OFD with _SH or _EX), as a lock is waited
+        for: OK once it is held, or the reason the wait ended."""
+        while True:
+            outcome = waiter.block(handle, op, GATE, None)
+            if outcome is not INTERRUPTED:  # (a signal not ours: as in _wait())
+                return outcome
+
+    def _open_for_gate(self, handle: FlockHandle) -> None:
+        """A writer's handle, read-write for the gate's F_WRLCK."""
+        try:
+            self._reopen(handle, writable=True)
+        except OSError as refused:
+            raise OSError(
+                refused.errno,
+                "with prefer_writers=True, an exclusive lock that has to wait needs "
+                f"the lock file open for writing: {refused.strerror}",
+                self.name,
+            ) from None
+
+    def _wait(self, handle: FlockHandle, op: int, waiter: PollingWaiter) -> Outcome:
         reopened = False
         rc = BUSY
         while True:
@@ -463,6 +518,20 @@ class FlockNative(FlockPolling):
 
     def waiter(self, deadline: float) -> NativeWaiter:
         return NativeWaiter(deadline)
+
+
+def _behind_writers(
+    try_lock: Callable[[int, int, bytes | None, int, int], int],
+) -> Callable[[int, int, bytes | None, int, int], int]:
+    """try_lock for prefer_writers=True: a shared lock is busy while a writer
+    waits (holds the gate), even if no writer holds the lock yet."""
+
+    def gated(fd: int, op: int, path: bytes | None, dev: int, ino: int) -> int:
+        if op & _SH and conflicts(fd, _SH, GATE):
+            return BUSY
+        return try_lock(fd, op, path, dev, ino)
+
+    return gated
 
 
 def _writable(fd: int) -> bool:

@@ -329,10 +329,15 @@ class TouchFile(LockBase):
         *,
         mode: int = 0o644,
         method: str = "flock",
+        prefer_writers: bool = False,
     ) -> None:
         """method: "flock" (flock() locks) or "fcntl" (fcntl() open file
-        description locks, F_OFD_SETLK, on the whole file). Raises TypeError
-        (a bad path, mode or method), ValueError (an unknown method),
+        description locks, F_OFD_SETLK, on the whole file). prefer_writers:
+        an exclusive lock that has to wait holds back new shared ones (those
+        asked for by TouchFiles with prefer_writers=True) until it gets in;
+        "flock" only. Raises TypeError (a bad path, mode, method or
+        prefer_writers), ValueError (an unknown method, or "fcntl" with
+        prefer_writers),
         FileNotFoundError (an empty path, a missing directory),
         PermissionError (see the README's Security), other OSErrors from
         opening the file, and ValueError or RuntimeError for a bad
@@ -343,12 +348,16 @@ class TouchFile(LockBase):
             raise TypeError(f"method must be 'flock' or 'fcntl', not {method!r}")
         if method not in _flock.METHODS:
             raise ValueError(f"unknown method {method!r}: use 'flock' or 'fcntl'")
+        if not isinstance(prefer_writers, bool):
+            raise TypeError(f"prefer_writers must be True or False, not {prefer_writers!r}")
+        if prefer_writers and method != "flock":
+            raise ValueError("prefer_writers=True works with method='flock' only")
         if path is not None:
             path = os.fsdecode(path)
             if not path:  # os.path.abspath("") would be the current directory
                 raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), path)
         self._mode, self._method = mode, method
-        self._begin(_flock.choose(path, mode, method))
+        self._begin(_flock.choose(path, mode, method, prefer_writers=prefer_writers))
 
     @classmethod
     def _for_command(
@@ -397,7 +406,7 @@ class TouchFile(LockBase):
             raise TypeError(f"a subclass of TouchFile pickles by its own __reduce__: {self!r}")
         if not backend.picklable:  # the command's: a descriptor, or a byte range
             raise TypeError(f"this TouchFile cannot be pickled: {self!r}")
-        return (_reopen, (self.path, self._mode, self._method))
+        return (_reopen, (self.path, self._mode, self._method, backend.prefer_writers))
 
     def __repr__(self) -> str:
         locks = self._locks
@@ -422,9 +431,9 @@ class TouchFile(LockBase):
         return fd
 
 
-def _reopen(path: str, mode: int, method: str) -> TouchFile:
+def _reopen(path: str, mode: int, method: str, prefer_writers: bool = False) -> TouchFile:
     """A pickled TouchFile, loaded: a new one on the same path and options."""
-    return TouchFile(path, mode=mode, method=method)
+    return TouchFile(path, mode=mode, method=method, prefer_writers=prefer_writers)
 
 
 # Code flags of an async def function, and of an async generator's.

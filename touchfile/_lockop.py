@@ -36,3 +36,13 @@ def lock_op(fd: int, op: int, span: tuple[int, int] = (0, 0)) -> None:
         fcntl.fcntl(fd, fcntl.F_OFD_SETLK if op & fcntl.LOCK_NB else fcntl.F_OFD_SETLKW, arg)
     except PermissionError as error:  # EACCES: POSIX lets F_SETLK say "busy" so
         raise BlockingIOError(errno.EAGAIN, os.strerror(errno.EAGAIN)) from error
+
+
+def conflicts(fd: int, op: int, span: tuple[int, int]) -> bool:
+    """Whether an open file description's record lock (LOCK_SH or LOCK_EX in
+    op) on span would conflict with one that another description holds now
+    (F_OFD_GETLK, which takes no lock, and needs no write access)."""
+    kind = fcntl.F_WRLCK if op & fcntl.LOCK_EX else fcntl.F_RDLCK
+    arg = _FLOCK_STRUCT.pack(kind, os.SEEK_SET, span[0], span[1], 0)
+    found = _FLOCK_STRUCT.unpack(fcntl.fcntl(fd, fcntl.F_OFD_GETLK, arg))
+    return bool(found[0] != fcntl.F_UNLCK)
