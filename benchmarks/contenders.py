@@ -49,9 +49,9 @@ def _no_cancel() -> tuple[Any, Callable[[], None]]:
 class TouchFileLock:
     """touchfile, with its native wait or (native=False) its polling fallback."""
 
-    def __init__(self, path: str, native: bool = True) -> None:
+    def __init__(self, path: str, native: bool = True, prefer_writers: bool = False) -> None:
         if native:
-            self.tf = TouchFile(path)
+            self.tf = TouchFile(path, prefer_writers=prefer_writers)
         else:
             old = os.environ.get("TOUCHFILE_NATIVE")
             os.environ["TOUCHFILE_NATIVE"] = "0"  # read when a TouchFile is made
@@ -281,6 +281,7 @@ class Contender:
     cancel: bool = False
     shared: bool = True  # takes part in the readers/writer figure
     module: str = ""  # the optional package it needs
+    only: tuple[str, ...] = ()  # the figures it takes part in (every one if empty)
 
     def available(self) -> bool:
         if not self.module:
@@ -294,6 +295,14 @@ class Contender:
 
 CONTENDERS = [
     Contender("native", "touchfile (native)", lambda p, rw=False: TouchFileLock(p), 0, cancel=True),
+    Contender(
+        "writers_first",
+        "touchfile (prefer_writers)",
+        lambda p, rw=False: TouchFileLock(p, prefer_writers=True),
+        0,
+        cancel=True,
+        only=("readers_writer",),
+    ),
     Contender(
         "polling",
         "touchfile (polling)",

@@ -98,9 +98,15 @@ SLEEP = Contender("floor", "floor: time.sleep()", _not_a_lock, 0)
 class Bench:
     cfg: Config
     dir: str
-    contenders: list[Contender]
+    everyone: list[Contender]
     pool: list[workers.Worker]
     rng: random.Random
+    figure: str = ""  # the one being measured
+
+    @property
+    def contenders(self) -> list[Contender]:
+        """The contenders that take part in this figure."""
+        return [c for c in self.everyone if not c.only or self.figure in c.only]
 
     def path(self, key: str) -> str:
         return lock_path(self.dir, key)

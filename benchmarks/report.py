@@ -34,6 +34,7 @@ CLI_LABELS = {
 ASYNC_LABELS = {"filelock": "filelock's AsyncFileLock"}
 COLORS = {
     "native": "tab:blue",
+    "writers_first": "tab:cyan",
     "polling": "tab:cyan",
     "floor": "black",
     "filelock": "tab:red",

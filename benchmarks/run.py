@@ -128,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for i, (name, fn) in enumerate(steps, 1):
             log(f"{i}/{len(steps)} {name} ...")
             meter = LoadMeter()
+            bench.figure = name
             out = fn(bench)
             if out:  # {}: a section left out (see its notes)
                 res.update(out if name == "asyncio" else {name: out})
