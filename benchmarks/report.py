@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -34,7 +35,7 @@ CLI_LABELS = {
 ASYNC_LABELS = {"filelock": "filelock's AsyncFileLock"}
 COLORS = {
     "native": "tab:blue",
-    "writers_first": "tab:cyan",
+    "writers_first": "tab:olive",
     "polling": "tab:cyan",
     "floor": "black",
     "filelock": "tab:red",
@@ -193,6 +194,136 @@ def summary_table(res: Results, keys: list[str]) -> list[str]:
     return lines
 
 
+# The performance targets touchfile holds itself to, each a ratio (or, for the
+# command line, a difference) against a reference measured in the same run.
+Ref = Callable[[Results], float]
+
+
+def _of(figure: str, case: str, key: str, stat: Stat) -> Ref:
+    def value(res: Results) -> float:
+        row = res.get(figure, {}).get(case, {})
+        return stat(row[key]) if key in row else math.nan
+
+    return value
+
+
+def _best_other(figure: str, case: str, stat: Stat, mine: str = "native") -> Ref:
+    """The lowest value among the other contenders (touchfile's own polling included)."""
+
+    def value(res: Results) -> float:
+        row = res.get(figure, {}).get(case, {})
+        others = [stat(s) for k, s in row.items() if k not in (mine, "floor", "writers_first")]
+        others = [v for v in others if not math.isnan(v)]
+        return min(others) if others else math.nan
+
+    return value
+
+
+def _constant(x: float) -> Ref:
+    return lambda res: x
+
+
+def _reads_per_s(s: Series) -> float:
+    return s.extra["reads"] / s.extra["seconds"] if s.extra.get("seconds") else math.nan
+
+
+@dataclass(frozen=True)
+class Goal:
+    """value at most bound x ref (at least, if higher; ref + bound s, if over)."""
+
+    text: str
+    value: Ref
+    against: str
+    ref: Ref
+    bound: float
+    higher: bool = False
+    over: bool = False
+
+
+def _goals() -> list[Goal]:
+    goals = []
+    for case in ("1 ms", "10 ms", "100 ms"):
+        p99 = _of("overshoot", case, "native", _p99)
+        goals += [
+            Goal(f"deadline overshoot p99, {case}", p99, "`time.sleep()`",
+                 _of("overshoot", case, "floor", _p99), 1.3),
+            Goal(f"deadline overshoot p99, {case}", p99, "best other contender",
+                 _best_other("overshoot", case, _p99), 1.0),
+        ]  # fmt: skip
+    for figure, title in (("cancel", "cancel"), ("asyncio cancel", "asyncio cancel")):
+        goals += [
+            Goal(f"{title}, median", _of(figure, "", "native", _median), "60 µs",
+                 _constant(60 * US), 1.0),
+            Goal(f"{title}, p99", _of(figure, "", "native", _p99), "best other contender",
+                 _best_other(figure, "", _p99), 1.0),
+        ]  # fmt: skip
+    goals += [
+        Goal("asyncio handoff, median", _of("asyncio handoff", "", "native", _median),
+             "sync handoff", _of("handoff", "", "native", _median), 1.3),
+        Goal("uncontended acquire+release", _of("uncontended", "", "native", _median),
+             "raw flock() pair", _of("uncontended", "", "floor", _median), 2.0),
+        *(Goal(f"acquisitions/s, {n} processes", _of("throughput", f"N={n}", "native", _median),
+               "floor", _of("throughput", f"N={n}", "floor", _median), 0.6, higher=True)
+          for n in (2, 16)),
+        Goal("smallest share of 16 processes",
+             _of("throughput", "N=16", "native", _extra("min_share")),
+             "4.5% (before this target)", _constant(0.045), 1.0, higher=True),
+        Goal("handoff, median", _of("handoff", "", "native", _median), "floor",
+             _of("handoff", "", "floor", _median), 1.5),
+        Goal("writer's wait beside 8 readers, p99 (prefer_writers)",
+             _of("readers_writer", "", "writers_first", _p99), "filelock's ReadWriteLock",
+             _of("readers_writer", "", "filelock", _p99), 1.0),
+        Goal("reader holds/s beside that writer (prefer_writers)",
+             _of("readers_writer", "", "writers_first", _reads_per_s),
+             "filelock's ReadWriteLock", _of("readers_writer", "", "filelock", _reads_per_s),
+             1.0, higher=True),
+        Goal("lateness p99, 1000 waiting threads",
+             _of("many_waiters", "1000 waiters", "native", _p99), "`time.sleep()`",
+             _of("many_waiters", "1000 waiters", "floor", _p99), 2.0),
+        Goal("command line, wall time", _of("command_line", "", "native", _median),
+             "`python -c pass`", _of("command_line", "", "python", _median), 0.008, over=True),
+        Goal("CPU per second of waiting", _of("cpu", "", "native", _median), "floor",
+             _of("cpu", "", "floor", _median), 1.2),
+    ]  # fmt: skip
+    return goals
+
+
+def targets_table(res: Results) -> list[str]:
+    """Each target: touchfile's value, the reference's, their ratio, and met or not."""
+    lines = [
+        "| target | touchfile | against | its value | ratio (or difference) | bound | |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for goal in _goals():
+        value, ref = goal.value(res), goal.ref(res)
+        if math.isnan(value) or math.isnan(ref):
+            continue  # a figure left out of this run
+        fmt = _fmt_for(goal.text)
+        if goal.over:
+            shown, bound = fmt_time(value - ref), f"≤ +{fmt_time(goal.bound)}"
+            met = value - ref <= goal.bound
+        else:
+            ratio = value / ref if ref else math.nan
+            shown = fmt_ratio(value, ref)
+            bound = f"{'≥' if goal.higher else '≤'} {goal.bound:g}x"
+            met = ratio >= goal.bound if goal.higher else ratio <= goal.bound
+        lines.append(
+            f"| {goal.text} | {fmt(value)} | {goal.against} | {fmt(ref)} | {shown} | {bound} "
+            f"| {'met' if met else '**missed**'} |"
+        )
+    return lines if len(lines) > 2 else []
+
+
+def _fmt_for(text: str) -> Callable[[float], str]:
+    if "share" in text:
+        return _share
+    if "/s" in text:
+        return fmt_rate
+    if "CPU" in text:
+        return _cpu
+    return fmt_time
+
+
 def markdown(res: Results, meta: dict[str, Any], keys: list[str], notes: list[str]) -> str:
     summary = summary_table(res, keys)
     lines = [
@@ -210,6 +341,16 @@ def markdown(res: Results, meta: dict[str, Any], keys: list[str], notes: list[st
             "Medians unless a row says otherwise; ratios are of the values shown.",
             "",
             *summary,
+            "",
+        ]
+    targets = targets_table(res)
+    if targets:
+        lines += [
+            "## Targets",
+            "",
+            "touchfile (native) against a reference measured in the same run.",
+            "",
+            *targets,
             "",
         ]
     lines += pg_report.summary(res)
