@@ -94,6 +94,34 @@ def _not_a_lock(path: str, rw: bool = False) -> Lock:
 SLEEP = Contender("floor", "floor: time.sleep()", _not_a_lock, 0)
 
 
+class _EventWait:
+    """The floor of the cancel figure, not a lock: a thread blocked in
+    threading.Event.wait(), woken by set(), Python's cheapest wake-up of a
+    blocked thread."""
+
+    def acquire(
+        self, timeout: float | None = None, shared: bool = False, cancel: Any = None
+    ) -> bool:
+        cancel.wait(timeout)
+        return False
+
+    def release(self) -> None:
+        pass
+
+    def loop(self, n: int) -> None:
+        raise TypeError("threading.Event is not a lock")
+
+    def canceller(self) -> tuple[Any, Callable[[], None]]:
+        event = threading.Event()
+        return event, event.set
+
+    def close(self) -> None:
+        pass
+
+
+WAKE = Contender("floor", "floor: threading.Event", lambda p, rw=False: _EventWait(), 0)
+
+
 @dataclass
 class Bench:
     cfg: Config
@@ -273,6 +301,9 @@ def overshoot(b: Bench) -> Figure:
 def cancel(b: Bench) -> Figure:
     """A worker thread waits (timeout 30 s) on a held lock; we cancel it 5-7 ms later.
 
+    The floor column is a thread blocked in threading.Event.wait(), woken by
+    set(): what the machine and the interpreter add to any wake-up.
+
     Latency runs from just before the cancel call to just after the waiter's
     acquire returned. Only contenders with a way to cancel a wait take part
     (filelock's is a cancel_check callable it polls); the delay before the
@@ -280,11 +311,12 @@ def cancel(b: Bench) -> Figure:
     phase-locked to the cancel. The first round is not recorded.
     """
     cancellable = b.those(lambda c: c.cancel)
-    locks = {c.key: c.make(b.path(c.key)) for c in cancellable}
-    out = {c.key: Series() for c in cancellable}
+    locks = {c.key: c.make(b.path(c.key)) for c in [WAKE, *cancellable]}
+    out = {c.key: Series() for c in [WAKE, *cancellable]}
+    out["floor"].extra["floor"] = "threading.Event"
     with b.held([c.key for c in cancellable]):
         for rnd in range(-1, b.cfg.cancel_n):
-            for c in b.shuffled(cancellable):
+            for c in b.shuffled([WAKE, *cancellable]):
                 series, lock = out[c.key], locks[c.key]
                 token, fire = lock.canceller()
                 ready = threading.Event()

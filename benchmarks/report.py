@@ -33,6 +33,10 @@ CLI_LABELS = {
     "python": "`python -c pass` (interpreter start)",
 }
 ASYNC_LABELS = {"filelock": "filelock's AsyncFileLock"}
+FLOOR_LABELS = {  # a floor that is not a lock
+    "time.sleep": "floor: `time.sleep()`",
+    "threading.Event": "floor: `threading.Event` set() -> wait() returns",
+}
 COLORS = {
     "native": "tab:blue",
     "writers_first": "tab:olive",
@@ -50,8 +54,8 @@ def label(figure: str, key: str, series: Series | None = None) -> str:
         return CLI_LABELS.get(key, key)
     if figure.startswith("asyncio") and key in ASYNC_LABELS:
         return ASYNC_LABELS[key]
-    if series is not None and series.extra.get("floor") == "time.sleep":
-        return "floor: `time.sleep()`"
+    if series is not None and series.extra.get("floor") in FLOOR_LABELS:
+        return FLOOR_LABELS[series.extra["floor"]]
     return BY_KEY[key].label if key in BY_KEY else key
 
 
