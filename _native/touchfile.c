@@ -7,10 +7,15 @@
  *
  * How: the interrupt signal gets a no-op handler installed without
  * SA_RESTART, so a blocked flock() returns EINTR when the signal arrives.
- * One scheduler thread owns every deadline (a min-heap) and re-sends the
- * signal until the waiter acknowledges by leaving its wait. All waiter state
- * is guarded by one mutex; the signal is sent only while that mutex is held
- * and the waiter is still inside tf_wait(), so pthread_kill() never sees a
+ * A deadline is a kernel timer of the wait's own (timer_create() with
+ * SIGEV_THREAD_ID), which sends the signal to exactly the waiting thread at
+ * the deadline, and again every RESEND_FIRST_NS until the thread has left
+ * its wait: one wake-up, the waiter's. A cancel is a pthread_kill() from the
+ * cancelling thread, and one scheduler thread re-sends it (a min-heap of
+ * due times) until the waiter acknowledges by leaving its wait; it also
+ * keeps a deadline whose timer could not be made. All waiter state is
+ * guarded by one mutex; a signal is sent only while that mutex is held and
+ * the waiter is still inside tf_wait(), so pthread_kill() never sees a
  * thread that has left (or ended). */
 
 #define _GNU_SOURCE
@@ -23,7 +28,9 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "touchfile.h"
 
@@ -38,6 +45,9 @@
  * 6.4 ms, until the waiter has left tf_wait(). */
 #define RESEND_FIRST_NS 50000LL
 #define RESEND_MAX_SHIFT 7
+#ifndef sigev_notify_thread_id /* glibc before 2.35 names it only this way */
+#define sigev_notify_thread_id _sigev_un._tid
+#endif
 /* Deadlines further out than this are no deadline (keeps int64 ns safe). */
 #define MAX_DEADLINE_S 4.0e9
 
@@ -328,11 +338,36 @@ __attribute__((constructor)) static void load(void)
     pthread_atfork(before_fork, after_fork_parent, after_fork_child);
 }
 
-/* ---- tests ------------------------------------------------------------------ */
+/* ---- the deadline's timer ---------------------------------------------------- */
 
-/* For tests: sleep ns between queueing a wait's deadline and its blocking
- * call, so that a deadline's (or a cancel's) signal lands before the call
- * starts. */
+/* A timer that sends the interrupt signal to the calling thread at deadline
+ * (ns on CLOCK_MONOTONIC), then every RESEND_FIRST_NS: the re-send covers a
+ * signal that lands before the blocking call starts (its handler then runs
+ * in user space, and the call would block on). 0, or -errno (too many
+ * timers, say: the scheduler keeps the deadline instead). */
+static int arm_timer(timer_t *timer, int64_t deadline)
+{
+    struct sigevent ev;
+    memset(&ev, 0, sizeof ev);
+    ev.sigev_notify = SIGEV_THREAD_ID;
+    ev.sigev_signo = signo;
+    ev.sigev_notify_thread_id = (pid_t)syscall(SYS_gettid);
+    if (timer_create(CLOCK_MONOTONIC, &ev, timer) != 0)
+        return -errno;
+    struct itimerspec when = {
+        .it_interval = {0, (long)RESEND_FIRST_NS},
+        .it_value = {(time_t)(deadline / 1000000000LL), (long)(deadline % 1000000000LL)},
+    };
+    if (timer_settime(*timer, TIMER_ABSTIME, &when, NULL) != 0) {
+        int err = errno;
+        timer_delete(*timer);
+        return -err;
+    }
+    return 0;
+}
+
+/* For tests: sleep ns between arming a wait's deadline and its blocking
+ * call, so that a deadline's signal lands before the call starts. */
 void tf_set_test_delay(long long ns)
 {
     pthread_mutex_lock(&mu);
@@ -428,7 +463,8 @@ int tf_wait(tf_waiter *w, int fd, int op, long long start, long long len, const 
             unsigned long long dev, unsigned long long ino)
 {
     sigset_t ours, old;
-    int rc, err, reason;
+    int rc, err, reason, timed = 0;
+    timer_t timer;
     long long delay;
 
     pthread_mutex_lock(&mu);
@@ -447,9 +483,14 @@ int tf_wait(tf_waiter *w, int fd, int op, long long start, long long len, const 
         w->resends = 0;
         w->state = WAITING;
         waiting++;
+        /* The deadline's one owner: the wait's own timer (armed with the
+         * handler known to be ours), or if none can be made, the scheduler. */
         if (w->deadline != INT64_MAX) {
-            w->due = w->deadline;
-            heap_push(w);
+            timed = arm_timer(&timer, w->deadline) == 0;
+            if (!timed) {
+                w->due = w->deadline;
+                heap_push(w);
+            }
         }
     }
     delay = test_delay_ns;
@@ -478,12 +519,16 @@ int tf_wait(tf_waiter *w, int fd, int op, long long start, long long len, const 
     }
     rc = lock_op(fd, op, start, len);
     err = errno;
+    if (timed)
+        timer_delete(timer); /* a signal it sent and not yet delivered: see below */
 
     pthread_mutex_lock(&mu);
     w->state = IDLE; /* the acknowledgement: no signal is sent to us after this */
     waiting--;
     if (w->slot != NOT_QUEUED)
         heap_remove(w);
+    if (w->reason == 0 && w->deadline <= now_ns())
+        w->reason = TF_DEADLINE; /* the timer's (the scheduler sets it itself) */
     reason = w->reason;
     pthread_mutex_unlock(&mu);
 

@@ -49,7 +49,6 @@ int tf_wait(tf_waiter *w, int fd, int op, long long start, long long len, const 
 /* End the wait, now or when it starts, with reason (TF_CANCELLED or TF_CLOSED). */
 void tf_cancel(tf_waiter *w, int reason);
 
-/* For tests only: sleep ns between queueing a wait and its blocking call
- * (0: none), so that a deadline's or a cancel's signal lands before the
- * call starts. */
+/* For tests only: sleep ns between arming a wait's deadline and its
+ * blocking call (0: none), so that the signal lands before the call starts. */
 void tf_set_test_delay(long long ns);

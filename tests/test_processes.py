@@ -118,8 +118,8 @@ def test_lock_is_visible_to_other_processes(lock_path: str, kind: str) -> None:
 
 def test_fork_during_a_timed_wait(lock_path: str) -> None:
     """fork() while a thread waits with a deadline: the child's own timed wait
-    ends at its deadline, the parent's deadline never reaches the child, and
-    the parent's wait ends at its own."""
+    ends at its deadline, the parent's deadline never reaches the child (the
+    wait's timer is not inherited), and the parent's wait ends at its own."""
     proc = run_program("fork_mid_wait", lock_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["child timeout ok", "parent timeout ok 0"]

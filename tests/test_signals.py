@@ -101,9 +101,9 @@ def test_a_signal_landing_before_the_blocking_call_still_ends_the_wait(
     lock_path: str, holders: Holders, mode: str, end: str
 ) -> None:
     """The deadline's (or a cancel's) signal lands before flock() starts: the
-    core sleeps 20 ms between queueing the wait and the call (a knob for this
+    core sleeps 20 ms between arming the wait and the call (a knob for this
     test), so the handler runs in user space, and the call would block on.
-    The scheduler's re-send ends it soon after."""
+    The re-send (the timer's interval, or the scheduler's) ends it soon after."""
     if mode != "native":
         pytest.skip("concerns the native interrupt only")
     from touchfile import _native

@@ -1,6 +1,6 @@
 """fork() while another thread waits with a deadline: the child's own wait
-ends at its deadline, no signal of the parent's wait reaches the child, and
-the parent's wait ends at its own.
+ends at its deadline, no signal of the parent's wait (its deadline timer is
+not inherited) reaches the child, and the parent's wait ends at its own.
 
 usage: fork_mid_wait.py LOCK_PATH; prints "child timeout ok" and
 "parent timeout ok 0" (the child's exit status)."""
@@ -34,7 +34,7 @@ def timed_wait(timeout: float) -> str:
 
 thread = threading.Thread(target=lambda: parent.append(timed_wait(1.0)))
 thread.start()
-time.sleep(0.3)  # the thread waits in the kernel now, its deadline queued
+time.sleep(0.3)  # the thread waits in the kernel now, its deadline armed
 pid = os.fork()
 if pid == 0:
     print("child", timed_wait(0.1), flush=True)
