@@ -36,9 +36,10 @@ class Config:
     unc_ops: int
     handoff_rounds: int  # figure 2 (and its asyncio twin)
     handoff_rounds_slow: int  # contenders that sleep 50 ms or more between tries
-    overshoot_n: int  # figure 3, timeouts 1 and 10 ms
-    overshoot_n_100: int
+    overshoot_n: int  # figure 3, per timeout
+    overshoot_together: int  # figure 3, 100 ms waits at once
     cancel_n: int  # figure 4 (and its asyncio twin)
+    cancel_n_slow: int  # figure 4, contenders that poll every 50 ms or more
     rounds: int  # figures 5, 6 and 7: interleaved rounds of each contender
     cpu_wait: float  # figure 5, per round
     hammer_s: float  # figure 6, per round
@@ -52,15 +53,16 @@ FULL = Config(
     quick=False,
     unc_batches=15,
     unc_ops=20_000,
-    handoff_rounds=50,
-    handoff_rounds_slow=20,
-    overshoot_n=50,
-    overshoot_n_100=10,
-    cancel_n=60,
+    handoff_rounds=36,
+    handoff_rounds_slow=12,
+    overshoot_n=200,
+    overshoot_together=12,
+    cancel_n=200,
+    cancel_n_slow=60,
     rounds=3,
-    cpu_wait=0.7,
-    hammer_s=0.25,
-    rw_s=0.6,
+    cpu_wait=0.35,
+    hammer_s=0.1,
+    rw_s=0.95,
     rw_cap=0.5,
     waiters=(1, 10, 100, 1000),
     cli_runs=20,
@@ -72,17 +74,18 @@ QUICK = Config(
     handoff_rounds=4,
     handoff_rounds_slow=2,
     overshoot_n=4,
-    overshoot_n_100=2,
+    overshoot_together=2,
     cancel_n=5,
+    cancel_n_slow=3,
     rounds=1,
     cpu_wait=0.3,
-    hammer_s=0.15,
+    hammer_s=0.1,
     rw_s=0.5,
     rw_cap=0.25,
     waiters=(1, 10, 100),
     cli_runs=3,
 )
-HAMMERS = (1, 2, 4, 8, 16)  # figure 6: how many processes
+HAMMERS = (1, 2, 4, 16)  # figure 6: how many processes
 READERS = 8  # figure 7
 
 
@@ -276,20 +279,29 @@ def overshoot(b: Bench) -> Figure:
     """A waiter in a worker thread, timeouts 1, 10 and 100 ms, on a lock held throughout.
 
     The floor column is time.sleep(timeout) in a worker thread: what the
-    machine and the interpreter add to any wake-up.
+    machine and the interpreter add to any wake-up. Waits of 1 and 10 ms are
+    one at a time; of 100 ms, overshoot_together of one contender at once,
+    started (so ending) 8 ms apart, as in figure 8: overshoot_n samples of
+    each would take minutes one at a time.
     """
     timed = b.those(lambda c: c.deadline)
     locks = {c.key: c.make(b.path(c.key)) for c in timed}
     out: Figure = {}
     with b.held([c.key for c in timed]):
         for timeout in (0.001, 0.010, 0.100):
-            n = b.cfg.overshoot_n if timeout < 0.1 else b.cfg.overshoot_n_100
             case = out[f"{timeout * 1000:g} ms"] = {"floor": Series(extra={"floor": "time.sleep"})}
             case.update({c.key: Series() for c in timed})
-            for _ in range(n):
+            k = 1 if timeout < 0.1 else b.cfg.overshoot_together
+            for _ in range(-(-b.cfg.overshoot_n // k)):
                 for c in b.shuffled([SLEEP, *timed]):
-                    lock = None if c is SLEEP else locks[c.key]
-                    _late_sample(lock, timeout, case[c.key])
+                    if k == 1:
+                        _late_sample(None if c is SLEEP else locks[c.key], timeout, case[c.key])
+                        continue
+                    batch = _wait_together(
+                        None if c is SLEEP else c, b.path(c.key), k, timeout, 0.008
+                    )
+                    case[c.key].samples += batch.samples
+                    case[c.key].errors += batch.errors
     for lock in locks.values():
         lock.close()
     return out
@@ -308,15 +320,20 @@ def cancel(b: Bench) -> Figure:
     acquire returned. Only contenders with a way to cancel a wait take part
     (filelock's is a cancel_check callable it polls); the delay before the
     cancel spans the contender's poll period, so that its polling is not
-    phase-locked to the cancel. The first round is not recorded.
+    phase-locked to the cancel. Contenders that poll every 50 ms or more take
+    fewer rounds, spread over the run. The first round is not recorded.
     """
     cancellable = b.those(lambda c: c.cancel)
     locks = {c.key: c.make(b.path(c.key)) for c in [WAKE, *cancellable]}
     out = {c.key: Series() for c in [WAKE, *cancellable]}
     out["floor"].extra["floor"] = "threading.Event"
     with b.held([c.key for c in cancellable]):
-        for rnd in range(-1, b.cfg.cancel_n):
+        total = b.cfg.cancel_n
+        for rnd in range(-1, total):
             for c in b.shuffled([WAKE, *cancellable]):
+                n = total if c.poll < 0.05 else b.cfg.cancel_n_slow
+                if rnd >= 0 and rnd * n // total == (rnd + 1) * n // total:
+                    continue  # not this contender's round
                 series, lock = out[c.key], locks[c.key]
                 token, fire = lock.canceller()
                 ready = threading.Event()
@@ -487,26 +504,35 @@ def many_waiters(b: Bench) -> Figure:
     return out
 
 
-def _wait_together(c: Contender | None, path: str, n: int) -> Series:
+def _wait_together(
+    c: Contender | None, path: str, n: int, timeout: float | None = None, gap: float = 0.001
+) -> Series:
+    """n waits at once, each with a lock object of its own, their deadlines gap
+    apart: waits of 0.2 s + i * gap, or with timeout given, waits of timeout
+    that start i * gap apart."""
     series = Series(extra={"floor": "time.sleep"} if c is None else {})
     late: list[float] = []
     locks = [c.make(path) for _ in range(n)] if c is not None else []
     barrier = threading.Barrier(n + 1)
 
     def run(i: int) -> None:
-        timeout = 0.2 + 0.001 * i
         barrier.wait(60)
+        if timeout is None:
+            wait = 0.2 + gap * i
+        else:
+            time.sleep(gap * i)
+            wait = timeout
         start = time.monotonic()
         try:
             if c is None:
-                time.sleep(timeout)
+                time.sleep(wait)
                 granted = False
             else:
-                granted = locks[i].acquire(timeout=timeout)
+                granted = locks[i].acquire(timeout=wait)
         except Exception as e:
             series.errors.append(f"{type(e).__name__}: {e}")
             return
-        late.append(time.monotonic() - (start + timeout))
+        late.append(time.monotonic() - (start + wait))
         if granted:
             locks[i].release()
             series.errors.append("acquired a lock another process holds")

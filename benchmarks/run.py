@@ -129,10 +129,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"{i}/{len(steps)} {name} ...")
             meter = LoadMeter()
             bench.figure = name
+            began = time.monotonic()
             out = fn(bench)
             if out:  # {}: a section left out (see its notes)
                 res.update(out if name == "asyncio" else {name: out})
             load[name] = meter.read()
+            log(f"    {name}: {time.monotonic() - began:.1f} s")
     finally:
         pg_figures.stop()
         for w in pool:
