@@ -13,11 +13,23 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import Holders, hold, probe, wait_until
 
-from touchfile import EXCLUSIVE, SHARED, Context, LockCancelled, LockError, LockTimeout, TouchFile
+from touchfile import (
+    EXCLUSIVE,
+    SHARED,
+    Context,
+    LockCancelled,
+    LockError,
+    LockTimeout,
+    LockType,
+    TouchFile,
+)
+from touchfile._flock import FlockPolling
+from touchfile._native import Outcome
 
 pytestmark = pytest.mark.usefixtures("mode")  # every wait here: native and polling
 
@@ -181,6 +193,40 @@ def test_a_reader_behind_a_writer_ends_as_any_wait(files: list[TouchFile], end: 
         first.release()
         writer.join()
     assert writer.error is None
+
+
+@pytest.mark.parametrize("kind", [SHARED, EXCLUSIVE])
+def test_an_exception_as_the_gate_is_granted_leaves_it_open(
+    files: list[TouchFile], monkeypatch: pytest.MonkeyPatch, kind: LockType
+) -> None:
+    """An exception (Ctrl-C, say) that lands just after the kernel granted the
+    gate, before anything else: the gate is given back with the handle, so
+    the next readers and writers are not held back by a wait that is over."""
+    first, tf, other, _ = files
+    real = FlockPolling._gate
+
+    def granted_then_interrupted(self: FlockPolling, *args: Any) -> Outcome:
+        outcome = real(self, *args)
+        assert outcome is Outcome.OK
+        raise KeyboardInterrupt
+
+    first.acquire(EXCLUSIVE if kind is SHARED else SHARED)  # so that tf has to wait
+    monkeypatch.setattr(FlockPolling, "_gate", granted_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tf.acquire(kind, timeout=5)
+    monkeypatch.undo()
+    first.release()
+    assert not gate_closed(other)  # a writer's gate would hold readers back
+    first.acquire(SHARED)
+    writer = Writer(other)  # a reader's gate would hold this writer's wait back
+    try:
+        time.sleep(0.05)
+        first.release()
+        assert writer.granted.wait(1)
+    finally:
+        writer.join()
+    tf.acquire(kind, timeout=0)  # the same handle, from the pool
+    tf.release()
 
 
 def test_plain_flock_users_are_still_excluded(files: list[TouchFile], holders: Holders) -> None:

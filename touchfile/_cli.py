@@ -3,14 +3,16 @@
 Options, the lock's inheritance and the exit statuses (sysexits.h) follow
 flock(1), so that scripts can switch between the two; touchfile adds
 --holders and -v's holders, which say who holds the lock. Parsing lives in
-_cli_args.py, what the command says in _cli_report.py, and its states (wait,
-run, supervise) in _cli_run.py.
+_cli_args.py, what the command says in _cli_report.py, opening and waiting
+in _cli_run.py, and running the command (supervised, or exec'd) in
+_cli_exec.py.
 
 This module is the entry point, and it is lean on purpose: a free lock is
 taken before the rest of touchfile is imported (about 20 ms of imports), with
-one non-blocking try on the lock file's descriptor; _cli_run then adopts that
-descriptor and takes the lock through the one acquisition path, at once if
-the first try got it (the same description holds it), and waiting if not.
+one non-blocking try on the lock file's descriptor. If that try took the
+lock, _cli_exec runs the command at once, and nothing more is imported;
+otherwise _cli_run adopts that descriptor and takes the lock through the one
+acquisition path, waiting as needed.
 """
 
 from __future__ import annotations

@@ -409,22 +409,24 @@ class FlockPolling:
         op = (_EX if kind is EXCLUSIVE else _SH) | self._method
         if not self.prefer_writers:
             return self._wait(handle, op, waiter)
+        # The gate is given back in a finally, whatever ends the wait (an
+        # exception may land just after the kernel granted it): a pooled
+        # handle must not keep it. Giving back one not held does nothing.
         if kind is SHARED:  # behind any writer that waits: through the gate first
-            outcome = self._gate(handle, _OFD | _SH, waiter)
-            if outcome is not OK:
-                return outcome
-            lock_op(handle.fd, _OFD | _UN, GATE)
-            return self._wait(handle, op, waiter)
+            try:
+                outcome = self._gate(handle, _OFD | _SH, waiter)
+            finally:
+                _open_gate(handle)
+            return outcome if outcome is not OK else self._wait(handle, op, waiter)
         if not handle.writable:
             self._open_for_gate(handle)
-        outcome = self._gate(handle, _OFD | _EX, waiter)  # after the writers before
-        if outcome is not OK:
-            return outcome
         try:
+            outcome = self._gate(handle, _OFD | _EX, waiter)  # after the writers before
+            if outcome is not OK:
+                return outcome
             return self._wait(handle, op, waiter)  # no new reader comes in meanwhile
         finally:
-            if not handle.closed:  # (reopened meanwhile: the gate went with the old one)
-                lock_op(handle.fd, _OFD | _UN, GATE)
+            _open_gate(handle)
 
     def _gate(self, handle: FlockHandle, op: int, waiter: PollingWaiter) -> Outcome:
         """Wait for the gate (op: _OFD with _SH or _EX), as a lock is waited
@@ -518,6 +520,13 @@ class FlockNative(FlockPolling):
 
     def waiter(self, deadline: float) -> NativeWaiter:
         return NativeWaiter(deadline)
+
+
+def _open_gate(handle: FlockHandle) -> None:
+    """Give back handle's hold of the gate, if any (none if the handle was
+    closed or reopened meanwhile: the gate went with its old description)."""
+    if not handle.closed:
+        lock_op(handle.fd, _OFD | _UN, GATE)
 
 
 def _behind_writers(
