@@ -162,6 +162,12 @@ class Bench:
                 holder.call(workers.release, key, self.path(key))
 
 
+def _takes_round(rnd: int, n: int, total: int) -> bool:
+    """Whether a contender with n rounds of total takes round rnd (-1: the
+    warm-up, which all take): its rounds spread evenly over the run."""
+    return rnd < 0 or rnd * n // total != (rnd + 1) * n // total
+
+
 def _in_thread(fn: Callable[[], None], series: Series, limit: float) -> None:
     th = threading.Thread(target=fn, daemon=True)
     th.start()
@@ -220,8 +226,8 @@ def handoff(b: Bench) -> Figure:
     for rnd in range(-1, total):
         for c in b.shuffled(b.contenders):
             n = total if c.poll < 0.05 else b.cfg.handoff_rounds_slow
-            if rnd >= 0 and rnd * n // total == (rnd + 1) * n // total:
-                continue  # not this contender's round
+            if not _takes_round(rnd, n, total):
+                continue
             path, series, lock = b.path(c.key), out[c.key], locks[c.key]
             holder.call(workers.hold, c.key, path)
             holder.submit(
@@ -332,8 +338,8 @@ def cancel(b: Bench) -> Figure:
         for rnd in range(-1, total):
             for c in b.shuffled([WAKE, *cancellable]):
                 n = total if c.poll < 0.05 else b.cfg.cancel_n_slow
-                if rnd >= 0 and rnd * n // total == (rnd + 1) * n // total:
-                    continue  # not this contender's round
+                if not _takes_round(rnd, n, total):
+                    continue
                 series, lock = out[c.key], locks[c.key]
                 token, fire = lock.canceller()
                 ready = threading.Event()

@@ -242,6 +242,7 @@ class Goal:
     bound: float
     higher: bool = False
     over: bool = False
+    fmt: Callable[[float], str] = fmt_time  # the values' unit
 
 
 def _goals() -> list[Goal]:
@@ -267,11 +268,12 @@ def _goals() -> list[Goal]:
         Goal("uncontended acquire+release", _of("uncontended", "", "native", _median),
              "raw flock() pair", _of("uncontended", "", "floor", _median), 2.0),
         *(Goal(f"acquisitions/s, {n} processes", _of("throughput", f"N={n}", "native", _median),
-               "floor", _of("throughput", f"N={n}", "floor", _median), 0.6, higher=True)
+               "floor", _of("throughput", f"N={n}", "floor", _median), 0.6, higher=True,
+               fmt=fmt_rate)
           for n in (2, 16)),
         Goal("smallest share of 16 processes",
              _of("throughput", "N=16", "native", _extra("min_share")),
-             "4.5% (before this target)", _constant(0.045), 1.0, higher=True),
+             "4.5% (before this target)", _constant(0.045), 1.0, higher=True, fmt=_share),
         Goal("handoff, median", _of("handoff", "", "native", _median), "floor",
              _of("handoff", "", "floor", _median), 1.5),
         Goal("writer's wait beside 8 readers, p99 (prefer_writers)",
@@ -280,14 +282,14 @@ def _goals() -> list[Goal]:
         Goal("reader holds/s beside that writer (prefer_writers)",
              _of("readers_writer", "", "writers_first", _reads_per_s),
              "filelock's ReadWriteLock", _of("readers_writer", "", "filelock", _reads_per_s),
-             1.0, higher=True),
+             1.0, higher=True, fmt=fmt_rate),
         Goal("lateness p99, 1000 waiting threads",
              _of("many_waiters", "1000 waiters", "native", _p99), "`time.sleep()`",
              _of("many_waiters", "1000 waiters", "floor", _p99), 2.0),
         Goal("command line, wall time", _of("command_line", "", "native", _median),
              "`python -c pass`", _of("command_line", "", "python", _median), 0.008, over=True),
         Goal("CPU per second of waiting", _of("cpu", "", "native", _median), "floor",
-             _of("cpu", "", "floor", _median), 1.2),
+             _of("cpu", "", "floor", _median), 1.2, fmt=_cpu),
     ]  # fmt: skip
     return goals
 
@@ -302,7 +304,7 @@ def targets_table(res: Results) -> list[str]:
         value, ref = goal.value(res), goal.ref(res)
         if math.isnan(value) or math.isnan(ref):
             continue  # a figure left out of this run
-        fmt = _fmt_for(goal.text)
+        fmt = goal.fmt
         if goal.over:
             shown, bound = fmt_time(value - ref), f"≤ +{fmt_time(goal.bound)}"
             met = value - ref <= goal.bound
@@ -316,16 +318,6 @@ def targets_table(res: Results) -> list[str]:
             f"| {'met' if met else '**missed**'} |"
         )
     return lines if len(lines) > 2 else []
-
-
-def _fmt_for(text: str) -> Callable[[float], str]:
-    if "share" in text:
-        return _share
-    if "/s" in text:
-        return fmt_rate
-    if "CPU" in text:
-        return _cpu
-    return fmt_time
 
 
 def markdown(res: Results, meta: dict[str, Any], keys: list[str], notes: list[str]) -> str:

@@ -5,7 +5,7 @@ with -F, and the exit status.
 Lean on purpose, as _cli.py is: when the first try took a free lock, this is
 all of touchfile that the command imports (run_granted()), so that it costs
 little more than Python's own start. A lock that had to be waited for comes
-here from _cli_run.py, through start() and supervise().
+here from _cli_run.py, through start_command() and supervise().
 """
 
 from __future__ import annotations
@@ -20,14 +20,13 @@ from ._cli_args import Args
 from ._cli_report import say, tell
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING, without importing typing
-if TYPE_CHECKING:
-    import signal
-else:
+if not TYPE_CHECKING:
     try:  # signal.py is _signal's functions with enums over them, and enum
         import _signal as signal  # takes 4 ms to import: a third of the start-up
     except ImportError:  # an interpreter without it
         import signal
-if TYPE_CHECKING:
+else:
+    import signal
     from collections.abc import Callable, Iterable
     from typing import Any, Protocol
 
@@ -66,11 +65,11 @@ def run_granted(args: Args, fd: int, start: float) -> int:
         raise
     assert pid is not None  # (a lock file's command line has a command)
     wait_status = supervise(pid, WATCHED, ignored)
+    if args.close:
+        os.close(fd)
     # Otherwise touchfile exits without unlocking, as flock(1) does: the
     # command shares the locked description, and whatever it left running
     # with the descriptor (a daemon, say) still holds the lock.
-    if args.close:
-        os.close(fd)
     return exit_status(wait_status)
 
 

@@ -392,12 +392,7 @@ class FlockPolling:
             self._reopen(handle, writable=True)
         except OSError as refused:
             if self._method:  # F_WRLCK needs a descriptor open for writing, anywhere
-                raise OSError(
-                    refused.errno,
-                    "an exclusive lock with method='fcntl' needs the file open for "
-                    f"writing: {refused.strerror}",
-                    self.name,
-                ) from None
+                raise self._needs_write(refused, "an exclusive lock with method='fcntl'") from None
             if isinstance(refused, PermissionError) or refused.errno == errno.EROFS:
                 raise error from None
             raise
@@ -441,12 +436,13 @@ class FlockPolling:
         try:
             self._reopen(handle, writable=True)
         except OSError as refused:
-            raise OSError(
-                refused.errno,
-                "with prefer_writers=True, an exclusive lock that has to wait needs "
-                f"the lock file open for writing: {refused.strerror}",
-                self.name,
-            ) from None
+            what = "with prefer_writers=True, an exclusive lock that has to wait"
+            raise self._needs_write(refused, what, "the lock file") from None
+
+    def _needs_write(self, refused: OSError, what: str, file: str = "the file") -> OSError:
+        """The reopen read-write that what needs was refused: say so."""
+        reason = f"{what} needs {file} open for writing: {refused.strerror}"
+        return OSError(refused.errno, reason, self.name)
 
     def _wait(self, handle: FlockHandle, op: int, waiter: PollingWaiter) -> Outcome:
         reopened = False
