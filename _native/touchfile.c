@@ -9,7 +9,7 @@
  * SA_RESTART, so a blocked flock() returns EINTR when the signal arrives.
  * A deadline is a kernel timer of the wait's own (timer_create() with
  * SIGEV_THREAD_ID), which sends the signal to exactly the waiting thread at
- * the deadline, and again every RESEND_FIRST_NS until the thread has left
+ * the deadline, and again every TIMER_RESEND_NS until the thread has left
  * its wait: one wake-up, the waiter's. A cancel is a pthread_kill() from the
  * cancelling thread, and one scheduler thread re-sends it (a min-heap of
  * due times) until the waiter acknowledges by leaving its wait; it also
@@ -45,6 +45,13 @@
  * 6.4 ms, until the waiter has left tf_wait(). */
 #define RESEND_FIRST_NS 50000LL
 #define RESEND_MAX_SHIFT 7
+/* A deadline's timer re-sends at a fixed interval (a timer cannot back
+ * off), so not as often: each expiry is a timer interrupt, which on a VM
+ * costs about what a 50 us interval leaves (a thread receiving one every
+ * 50 us ran at half speed here; every 1 ms, 2% slower). A thread that
+ * cannot run at once after its deadline, on a busy machine, would otherwise
+ * have its own timer take the CPU it waits for. */
+#define TIMER_RESEND_NS 1000000LL
 #ifndef sigev_notify_thread_id /* glibc before 2.35 names it only this way */
 #define sigev_notify_thread_id _sigev_un._tid
 #endif
@@ -341,7 +348,7 @@ __attribute__((constructor)) static void load(void)
 /* ---- the deadline's timer ---------------------------------------------------- */
 
 /* A timer that sends the interrupt signal to the calling thread at deadline
- * (ns on CLOCK_MONOTONIC), then every RESEND_FIRST_NS: the re-send covers a
+ * (ns on CLOCK_MONOTONIC), then every TIMER_RESEND_NS: the re-send covers a
  * signal that lands before the blocking call starts (its handler then runs
  * in user space, and the call would block on). 0, or -errno (too many
  * timers, say: the scheduler keeps the deadline instead). */
@@ -355,7 +362,7 @@ static int arm_timer(timer_t *timer, int64_t deadline)
     if (timer_create(CLOCK_MONOTONIC, &ev, timer) != 0)
         return -errno;
     struct itimerspec when = {
-        .it_interval = {0, (long)RESEND_FIRST_NS},
+        .it_interval = {0, (long)TIMER_RESEND_NS},
         .it_value = {(time_t)(deadline / 1000000000LL), (long)(deadline % 1000000000LL)},
     };
     if (timer_settime(*timer, TIMER_ABSTIME, &when, NULL) != 0) {
