@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import gc
 import logging
 import math
 import os
@@ -468,6 +469,12 @@ def _interrupted_acquisition(
                 raise KeyboardInterrupt
 
     with TouchFile(lock_path) as tf:
+        # No collection while traced: one would run the finalizer of some
+        # earlier, unreachable handle, and count its calls as this
+        # acquisition's, so that the exception lands in a __del__ (where
+        # Python can only print it) instead of in the acquisition.
+        gc.collect()
+        gc.disable()
         timer.start()
         sys.settrace(raise_at_target)
         try:
@@ -478,6 +485,7 @@ def _interrupted_acquisition(
             kept = error  # alive, as a caller that keeps its traceback does
         finally:
             sys.settrace(None)
+            gc.enable()
         timer.join()
         held, free = tf.locked(), probe(lock_path)
         assert held != free, f"at {calls[-1]}: held {held}, lock free {free}"
