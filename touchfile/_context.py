@@ -74,7 +74,7 @@ class Context:
         except OverflowError:  # an int beyond float's range
             self._deadline = math.inf if deadline > 0 else -math.inf
         self._cancelled = False
-        self._children: weakref.WeakSet[Context] = weakref.WeakSet()
+        self._children: weakref.WeakSet[Context] | None = None  # made for the first child
         self._waits: set[_Cancellable] = set()
         if parent is not None:
             self._deadline = min(self._deadline, parent._deadline)
@@ -82,6 +82,8 @@ class Context:
                 if parent._cancelled:
                     self._cancelled = True
                 else:
+                    if parent._children is None:
+                        parent._children = weakref.WeakSet()
                     parent._children.add(self)
 
     @classmethod
@@ -131,7 +133,8 @@ class Context:
                 ctx._cancelled = True
                 waits.extend(ctx._waits)
                 ctx._waits.clear()
-                todo.extend(ctx._children)
+                if ctx._children is not None:
+                    todo.extend(ctx._children)
         for wait in waits:
             wait.cancel(Outcome.CANCELLED)
 

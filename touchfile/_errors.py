@@ -24,8 +24,10 @@ class _WaitEnded(LockError):
     def __init__(self, path: str, kind: LockType, waited: float) -> None:
         self.kind = kind
         self.waited = waited
+        # kind._value_: .value is a Python-level property, and this is every
+        # timed-out or cancelled wait's path.
         super().__init__(
-            f"{self._what} after {waited:.3f} s waiting for {kind.value} lock on {path}", path
+            f"{self._what} after {waited:.3f} s waiting for {kind._value_} lock on {path}", path
         )
 
     def __reduce__(self) -> tuple[Any, ...]:

@@ -178,12 +178,14 @@ class PollingWaiter:
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
         self.reason: Outcome | None = None  # why the wait must end, once it must
-        self._event = threading.Event()
+        self._event: threading.Event | None = None  # what a poll sleeps on, from its first
 
     def cancel(self, reason: Outcome) -> None:
         if self.reason is None:
             self.reason = reason
-        self._event.set()
+        event = self._event  # (read after the reason is set: see block())
+        if event is not None:
+            event.set()
 
     def block(
         self, handle: FlockHandle, op: int, span: tuple[int, int], path: bytes | None
@@ -191,6 +193,11 @@ class PollingWaiter:
         """Retry until the lock is not busy (OK, STALE) or the wait ends."""
         delay = POLL_FIRST
         start, length = span
+        event = self._event
+        if event is None:
+            # Made before the reason is read: a cancel() that finds no event
+            # set the reason before, and this loop sees it.
+            event = self._event = threading.Event()
         while True:
             if self.reason is not None:
                 return self.reason
@@ -201,7 +208,7 @@ class PollingWaiter:
             left = self.deadline - time.monotonic()
             if left <= 0:
                 return DEADLINE
-            self._event.wait(min(delay, left))
+            event.wait(min(delay, left))
             delay = min(delay * 2, POLL_MAX)
 
 
@@ -484,10 +491,14 @@ class NativeWaiter(PollingWaiter):
         self._native: _native.Waiter | None = _native.Waiter(deadline)
 
     def cancel(self, reason: Outcome) -> None:
-        super().cancel(reason)
         waiter = self._native
-        if waiter is not None:
+        if waiter is None:
+            super().cancel(reason)
+        else:
+            if self.reason is None:
+                self.reason = reason
             waiter.cancel(reason)
+            # A fall back to polling after waiter was read sees the reason.
 
     def block(
         self, handle: FlockHandle, op: int, span: tuple[int, int], path: bytes | None
