@@ -268,6 +268,26 @@ def test_trio_cancels_end_the_kernel_wait(tf: TouchFile, blocker: Blocker, cance
     _check_cancels(tf, Runner("trio"), cancel)
 
 
+def test_a_cancel_in_a_loops_last_step_still_ends_the_kernel_wait(
+    tf: TouchFile, blocker: Blocker
+) -> None:
+    """The wait's thread is cancelled just after the task has raised its
+    cancel (the task does not wait for that thread's interpreter time): even
+    when the cancelled task is the one run_until_complete() waits for, and
+    the loop is closed at once, the kernel wait ends, and no lock is taken."""
+    for _ in range(5):
+        loop = asyncio.new_event_loop()
+        try:
+            task = loop.create_task(tf.acquire_async())
+            loop.call_later(0.02, task.cancel)
+            with pytest.raises(asyncio.CancelledError):
+                loop.run_until_complete(task)
+        finally:
+            loop.close()
+        wait_until(lambda: not tf._locks.waits and len(tf._locks.idle) >= 1, timeout=2)
+        assert not tf._locks.held
+
+
 def test_timeout_and_context(tf: TouchFile, blocker: Blocker, runner: Runner) -> None:
     """timeout= raises LockTimeout and ctx raises LockCancelled, as in the sync API."""
 

@@ -104,6 +104,10 @@ class _Waker(Protocol):
         call on_cancel(): True means the thread will not wake it, and the
         cancel is raised at once; False, that a wake is coming."""
 
+    def soon(self, fn: Callable[[], None]) -> None:
+        """In the task: call fn() once the task has gone on (its cancel
+        raised), without waiting for anything else."""
+
 
 class _AsyncioWaker:
     __slots__ = ("done", "loop")
@@ -126,6 +130,9 @@ class _AsyncioWaker:
             if not self.done.done() or self.done.cancelled():
                 on_cancel()  # asyncio cannot refuse a cancel: always raised
             raise
+
+    def soon(self, fn: Callable[[], None]) -> None:
+        self.loop.call_soon(fn)
 
 
 def _settle(done: asyncio.Future[None], error: BaseException | None) -> None:  # on the loop
@@ -163,6 +170,9 @@ class _TrioWaker:
             return abort.SUCCEEDED if on_cancel() else abort.FAILED
 
         await self.trio.lowlevel.wait_task_rescheduled(on_abort)
+
+    def soon(self, fn: Callable[[], None]) -> None:
+        fn()  # (an abort callback: trio raises the cancel once it returns)
 
 
 def _task(api: str) -> object:
@@ -220,7 +230,10 @@ async def _in_thread(job: Callable[[], T], left: Callable[[T], None], stop: Cont
                 return False
             state.abandoned = True
         if stop is not None:
-            stop.cancel()  # ends the job's wait
+            # Ends the job's wait, right after the task has gone on: its
+            # thread, woken, would otherwise take the interpreter's lock
+            # from the task that is raising the cancel.
+            waker.soon(stop.cancel)
         return True
 
     _threads.run(run)
