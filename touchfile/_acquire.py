@@ -11,7 +11,6 @@ exception.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import threading
 import time
@@ -109,7 +108,7 @@ class Locks:
         """End a hold nobody will be told of: LockLost is nobody's to hear."""
         handle.since = 0.0  # no release record for it
         end_hold(handle)
-        try:  # (not contextlib.suppress: every failed wait comes here)
+        try:  # noqa: SIM105 (not contextlib.suppress: every failed wait comes here)
             self.backend.release(handle)
         except LockLost:
             pass
