@@ -491,14 +491,10 @@ class NativeWaiter(PollingWaiter):
         self._native: _native.Waiter | None = _native.Waiter(deadline)
 
     def cancel(self, reason: Outcome) -> None:
+        super().cancel(reason)  # (no event to set until a fall back polls)
         waiter = self._native
-        if waiter is None:
-            super().cancel(reason)
-        else:
-            if self.reason is None:
-                self.reason = reason
+        if waiter is not None:
             waiter.cancel(reason)
-            # A fall back to polling after waiter was read sees the reason.
 
     def block(
         self, handle: FlockHandle, op: int, span: tuple[int, int], path: bytes | None
