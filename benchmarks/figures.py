@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import os
 import random
 import shutil
@@ -47,6 +48,9 @@ class Config:
     rw_cap: float
     waiters: tuple[int, ...]  # figure 8
     cli_runs: int  # figure 9
+    c_batches: int  # figure 0: plain C (benchmarks/floor.c)
+    c_waits: int
+    c_waits_slow: int  # its 10 ms deadlines
 
 
 FULL = Config(
@@ -66,6 +70,9 @@ FULL = Config(
     rw_cap=0.5,
     waiters=(1, 10, 100, 1000),
     cli_runs=20,
+    c_batches=15,
+    c_waits=200,
+    c_waits_slow=100,
 )
 QUICK = Config(
     quick=True,
@@ -84,9 +91,13 @@ QUICK = Config(
     rw_cap=0.25,
     waiters=(1, 10, 100),
     cli_runs=3,
+    c_batches=3,
+    c_waits=5,
+    c_waits_slow=3,
 )
 HAMMERS = (1, 2, 4, 16)  # figure 6: how many processes
 READERS = 8  # figure 7
+NOTES: list[str] = []  # for the report: a figure left out, and why
 
 
 def _not_a_lock(path: str, rw: bool = False) -> Lock:
@@ -174,6 +185,43 @@ def _in_thread(fn: Callable[[], None], series: Series, limit: float) -> None:
     th.join(limit)
     if th.is_alive():
         series.errors.append(f"waiter still blocked after {limit:.0f} s (hang)")
+
+
+# 0 ------------------------------------------------------------------------------------------
+
+FLOOR_C = os.path.join(os.path.dirname(os.path.abspath(__file__)), "floor.c")
+
+
+def c_floor(b: Bench) -> Figure:
+    """touchfile's own steps in plain C, with no Python around them (floor.c).
+
+    What a target cannot go below: the flock() pair with the path check that
+    every acquisition makes, a flock() wait ended by pthread_kill() (a cancel)
+    and by the waiting thread's own timer (a deadline), each beside the
+    cheapest thing of its kind (the bare pair, a condition variable's
+    wake-up, clock_nanosleep()). Left out, with a note, where no C compiler
+    is found.
+    """
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    exe = os.path.join(b.dir, "floor")
+    if cc is None:
+        NOTES.append("No C compiler (cc): the plain C floors (figure 0) are left out.")
+        return {}
+    subprocess.run([cc, "-O2", "-pthread", "-o", exe, FLOOR_C], check=True)
+    path = b.path("c_floor")
+    open(path, "a").close()
+    n, slow = str(b.cfg.c_waits), str(b.cfg.c_waits_slow)
+    runs = {
+        "uncontended": ["uncontended", path, str(b.cfg.c_batches), str(b.cfg.unc_ops)],
+        "cancel": ["cancel", path, n],
+        "deadline 1 ms": ["deadline", path, n, "1"],
+        "deadline 10 ms": ["deadline", path, slow, "10"],
+    }
+    out: Figure = {}
+    for case, args in runs.items():
+        done = subprocess.run([exe, *args], capture_output=True, text=True, check=True)
+        out[case] = {name: Series(samples) for name, samples in json.loads(done.stdout).items()}
+    return out
 
 
 # 1 ------------------------------------------------------------------------------------------

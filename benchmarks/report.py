@@ -15,6 +15,7 @@ from benchmarks.stats import US, Series, fmt_rate, fmt_ratio, fmt_time
 Results = dict[str, dict[str, dict[str, Series]]]  # figure -> case -> contender -> samples
 
 TITLES = {
+    "c_floor": "0. The physical floor: touchfile's own steps in plain C (benchmarks/floor.c)",
     "uncontended": "1. Uncontended acquire+release, same file, same process (per op)",
     "handoff": "2. Handoff: a holder in another process releases -> our blocked waiter holds",
     "overshoot": "3. Deadline overshoot, waiter in a worker thread",
@@ -111,8 +112,22 @@ def _columns(figure: str) -> list[Column]:
     return time_cols
 
 
+def c_floor_table(cases: dict[str, dict[str, Series]]) -> list[str]:
+    """Figure 0: each case's steps in plain C, against the first (the cheapest of its kind)."""
+    lines = [f"### {TITLES['c_floor']}", ""]
+    lines += ["| case | in plain C | median | p99 | n | ÷ first |", "|---|---|---|---|---|---|"]
+    for case, row in cases.items():
+        first = next(iter(row.values())).median
+        for what, s in row.items():
+            cells = [case, what, fmt_time(s.median), fmt_time(s.p99), str(len(s.samples))]
+            lines.append("| " + " | ".join([*cells, fmt_ratio(s.median, first)]) + " |")
+    return [*lines, ""]
+
+
 def figure_table(figure: str, cases: dict[str, dict[str, Series]]) -> list[str]:
     """One figure's Markdown table: every contender, with its ratios to the floor and filelock."""
+    if figure == "c_floor":
+        return c_floor_table(cases)
     cols = _columns(figure)
     multi = len(cases) > 1 or "" not in cases
     head = (["case"] if multi else []) + ["contender"] + [c[0] for c in cols]
@@ -233,7 +248,8 @@ def _reads_per_s(s: Series) -> float:
 
 @dataclass(frozen=True)
 class Goal:
-    """value at most bound x ref (at least, if higher; ref + bound s, if over)."""
+    """value at most bound x ref (at least, if higher; ref + bound s, if over); c, where
+    there is one, is the same measurement of touchfile's own steps in plain C."""
 
     text: str
     value: Ref
@@ -243,22 +259,25 @@ class Goal:
     higher: bool = False
     over: bool = False
     fmt: Callable[[float], str] = fmt_time  # the values' unit
+    c: Ref | None = None
 
 
 def _goals() -> list[Goal]:
     goals = []
     for case in ("1 ms", "10 ms", "100 ms"):
         p99 = _of("overshoot", case, "native", _p99)
+        c = _of("c_floor", f"deadline {case}", "flock() ended by its own timer", _p99)
         goals += [
             Goal(f"deadline overshoot p99, {case}", p99, "`time.sleep()`",
-                 _of("overshoot", case, "floor", _p99), 1.3),
+                 _of("overshoot", case, "floor", _p99), 1.3, c=c),
             Goal(f"deadline overshoot p99, {case}", p99, "best other contender",
                  _best_other("overshoot", case, _p99), 1.0),
         ]  # fmt: skip
+    kill = _of("c_floor", "cancel", "flock() ended by pthread_kill()", _median)
     for figure, title in (("cancel", "cancel"), ("asyncio cancel", "asyncio cancel")):
         goals += [
             Goal(f"{title}, median", _of(figure, "", "native", _median), "60 µs",
-                 _constant(60 * US), 1.0),
+                 _constant(60 * US), 1.0, c=kill),
             Goal(f"{title}, p99", _of(figure, "", "native", _p99), "best other contender",
                  _best_other(figure, "", _p99), 1.0),
         ]  # fmt: skip
@@ -266,7 +285,8 @@ def _goals() -> list[Goal]:
         Goal("asyncio handoff, median", _of("asyncio handoff", "", "native", _median),
              "sync handoff", _of("handoff", "", "native", _median), 1.3),
         Goal("uncontended acquire+release", _of("uncontended", "", "native", _median),
-             "raw flock() pair", _of("uncontended", "", "floor", _median), 2.0),
+             "raw flock() pair", _of("uncontended", "", "floor", _median), 2.0,
+             c=_of("c_floor", "uncontended", "flock() pair + path check", _median)),
         *(Goal(f"acquisitions/s, {n} processes", _of("throughput", f"N={n}", "native", _median),
                "floor", _of("throughput", f"N={n}", "floor", _median), 0.6, higher=True,
                fmt=fmt_rate)
@@ -295,10 +315,12 @@ def _goals() -> list[Goal]:
 
 
 def targets_table(res: Results) -> list[str]:
-    """Each target: touchfile's value, the reference's, their ratio, and met or not."""
+    """Each target: touchfile's value, the reference's, their ratio, met or not, and
+    where figure 0 has it, the same steps in plain C against the same reference."""
     lines = [
-        "| target | touchfile | against | its value | ratio (or difference) | bound | |",
-        "|---|---|---|---|---|---|---|",
+        "| target | touchfile | against | its value | ratio (or difference) | bound | "
+        "| in plain C (ratio) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for goal in _goals():
         value, ref = goal.value(res), goal.ref(res)
@@ -313,9 +335,11 @@ def targets_table(res: Results) -> list[str]:
             shown = fmt_ratio(value, ref)
             bound = f"{'≥' if goal.higher else '≤'} {goal.bound:g}x"
             met = ratio >= goal.bound if goal.higher else ratio <= goal.bound
+        c = goal.c(res) if goal.c else math.nan
+        in_c = "" if math.isnan(c) else f"{fmt(c)} ({fmt_ratio(c, ref)})"
         lines.append(
             f"| {goal.text} | {fmt(value)} | {goal.against} | {fmt(ref)} | {shown} | {bound} "
-            f"| {'met' if met else '**missed**'} |"
+            f"| {'met' if met else '**missed**'} | {in_c} |"
         )
     return lines if len(lines) > 2 else []
 

@@ -47,6 +47,7 @@ from benchmarks.stats import LoadMeter
 RESULTS = Path(__file__).resolve().parent / "results"
 
 STEPS: list[tuple[str, Callable[[figures.Bench], Any]]] = [
+    ("c_floor", figures.c_floor),
     ("uncontended", figures.uncontended),
     ("handoff", figures.handoff),
     ("overshoot", figures.overshoot),
@@ -158,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if pg_figures.INFO:
         meta["versions"].update({k: v for k, v in pg_figures.INFO.items() if k != "config"})
         meta["pg_config"] = pg_figures.INFO["config"]
-    notes += pg_figures.NOTES
+    notes += figures.NOTES + pg_figures.NOTES
     busy = ", ".join(f"{k} {v['busy_cores']:.1f} ({v['steal_cores']:.2f})" for k, v in load.items())
     notes.append(
         f"Cores busy while each figure ran, this run's own processes included (and cores "
