@@ -48,7 +48,8 @@ class Config:
     rw_cap: float
     waiters: tuple[int, ...]  # figure 8
     cli_runs: int  # figure 9
-    c_batches: int  # figure 0: plain C (benchmarks/floor.c)
+    c_batches: int  # figure 0: the core in plain C (benchmarks/floor.c)
+    c_handoffs: int
     c_waits: int
     c_waits_slow: int  # its 10 ms deadlines
 
@@ -71,8 +72,9 @@ FULL = Config(
     waiters=(1, 10, 100, 1000),
     cli_runs=20,
     c_batches=15,
+    c_handoffs=24,
     c_waits=200,
-    c_waits_slow=100,
+    c_waits_slow=50,
 )
 QUICK = Config(
     quick=True,
@@ -92,6 +94,7 @@ QUICK = Config(
     waiters=(1, 10, 100),
     cli_runs=3,
     c_batches=3,
+    c_handoffs=3,
     c_waits=5,
     c_waits_slow=3,
 )
@@ -189,33 +192,39 @@ def _in_thread(fn: Callable[[], None], series: Series, limit: float) -> None:
 
 # 0 ------------------------------------------------------------------------------------------
 
-FLOOR_C = os.path.join(os.path.dirname(os.path.abspath(__file__)), "floor.c")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def c_floor(b: Bench) -> Figure:
-    """touchfile's own steps in plain C, with no Python around them (floor.c).
-
-    What a target cannot go below: the flock() pair with the path check that
-    every acquisition makes, a flock() wait ended by pthread_kill() (a cancel)
-    and by the waiting thread's own timer (a deadline), each beside the
-    cheapest thing of its kind (the bare pair, a condition variable's
-    wake-up, clock_nanosleep()). Left out, with a note, where no C compiler
-    is found.
+    """touchfile's native core with no Python around it (benchmarks/floor.c, built
+    with _native/touchfile.c), each case beside the cheapest thing of its kind in
+    plain C: a flock() pair against tf_try() (the lock and the path check) and
+    an unlock; a blocking flock() against tf_wait() taking a lock another
+    process releases; a condition variable's wake-up against tf_wait() ended
+    by tf_cancel(); clock_nanosleep() against tf_wait() ended by its
+    deadline. What touchfile's Python adds is the rest. Left out, with a
+    note, where no C compiler is found.
     """
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    exe = os.path.join(b.dir, "floor")
     if cc is None:
-        NOTES.append("No C compiler (cc): the plain C floors (figure 0) are left out.")
+        NOTES.append("No C compiler (cc): figure 0, the core in plain C, is left out.")
         return {}
-    subprocess.run([cc, "-O2", "-pthread", "-o", exe, FLOOR_C], check=True)
+    exe = os.path.join(b.dir, "floor")
+    native = os.path.join(ROOT, "_native")
+    subprocess.run(
+        [cc, "-O2", "-pthread", f"-I{native}", '-DTF_VERSION="floor"', "-o", exe,
+         os.path.join(ROOT, "benchmarks", "floor.c"), os.path.join(native, "touchfile.c")],
+        check=True,
+    )  # fmt: skip
     path = b.path("c_floor")
     open(path, "a").close()
-    n, slow = str(b.cfg.c_waits), str(b.cfg.c_waits_slow)
+    cfg = b.cfg
     runs = {
-        "uncontended": ["uncontended", path, str(b.cfg.c_batches), str(b.cfg.unc_ops)],
-        "cancel": ["cancel", path, n],
-        "deadline 1 ms": ["deadline", path, n, "1"],
-        "deadline 10 ms": ["deadline", path, slow, "10"],
+        "uncontended": ["uncontended", path, str(cfg.c_batches), str(cfg.unc_ops)],
+        "handoff": ["handoff", path, str(cfg.c_handoffs)],
+        "cancel": ["cancel", path, str(cfg.c_waits)],
+        "deadline 1 ms": ["deadline", path, str(cfg.c_waits), "1"],
+        "deadline 10 ms": ["deadline", path, str(cfg.c_waits_slow), "10"],
     }
     out: Figure = {}
     for case, args in runs.items():
