@@ -436,15 +436,22 @@ int tf_try(int fd, int op, const char *path, unsigned long long dev, unsigned lo
     return tf_try_range(fd, op, 0, 0, path, dev, ino);
 }
 
-tf_waiter *tf_waiter_new(double deadline)
+size_t tf_waiter_size(void) { return sizeof(tf_waiter); }
+
+void tf_waiter_init(tf_waiter *w, double deadline)
 {
-    tf_waiter *w = calloc(1, sizeof *w);
-    if (w == NULL)
-        return NULL;
+    memset(w, 0, sizeof *w);
     w->slot = NOT_QUEUED;
     w->deadline = INT64_MAX;
     if (deadline >= 0 && deadline < MAX_DEADLINE_S) /* false for NaN too */
         w->deadline = (int64_t)(deadline * 1e9);
+}
+
+tf_waiter *tf_waiter_new(double deadline)
+{
+    tf_waiter *w = malloc(sizeof *w);
+    if (w != NULL)
+        tf_waiter_init(w, deadline);
     return w;
 }
 

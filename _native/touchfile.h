@@ -41,6 +41,12 @@ int tf_try_range(int fd, int op, long long start, long long len, const char *pat
 tf_waiter *tf_waiter_new(double deadline);
 void tf_waiter_free(tf_waiter *w);
 
+/* The same waiter in memory of the caller's: tf_waiter_size() bytes, aligned
+ * for an int64_t, which the caller frees once tf_wait() has returned
+ * (Python's, with no call into C on a wait's way out). */
+size_t tf_waiter_size(void);
+void tf_waiter_init(tf_waiter *w, double deadline);
+
 /* Block in flock(fd, op) (or fcntl(F_OFD_SETLKW), with TF_OFD) until the
  * lock is granted or the waiter is ended. */
 int tf_wait(tf_waiter *w, int fd, int op, long long start, long long len, const char *path,

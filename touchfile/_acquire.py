@@ -56,7 +56,7 @@ class Locks:
         self.held: dict[object, Any] = {}
         self.handles: weakref.WeakSet[Any] = weakref.WeakSet()  # every one, for fork
         self.idle: list[Any] = [self.open()]  # opens (creates) the resource now
-        self.mutex = threading.Lock()  # guards waits, and close() against itself
+        self.mutex = threading.Lock()  # guards adding to waits, and close() against itself
         self.waits: set[Waiter] = set()  # waits in progress, for close() to end
         self.released: set[object] = set()  # the owners whose holds close() ended
         instances.add(self)
@@ -363,8 +363,9 @@ class Request:
         finally:
             if ctx is not None:
                 ctx._detach(waiter)
-            with locks.mutex:
-                locks.waits.discard(waiter)
+            # No mutex: one atomic discard, and close() cancels a copy of the
+            # set (a wait that has ended by then ignores its cancel).
+            locks.waits.discard(waiter)
         if held_by is not None:
             _log.logger().debug(
                 "waited %.3f s for %s lock on %s (held by %s): %s", _monotonic() - self.start,
@@ -380,7 +381,8 @@ class Request:
         grant and this store must find the handle in no one's hands, to give
         it back unlocked. So this is the one call, and the store is its last
         statement: nothing can land inside it after the entry."""
-        if _log.debugging():
+        cached = _log.cached  # as in begin(): no call while logging is off
+        if cached is not None and cached(_DEBUG) is not False and _log.debugging():
             self.handle.since = _monotonic()  # for release()'s DEBUG record
         self.locks.held[self.owner] = self.handle
 

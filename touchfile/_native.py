@@ -45,8 +45,8 @@ class _Lib(Protocol):
     def tf_try_range(
         self, fd: int, op: int, start: int, len: int, path: bytes | None, dev: int, ino: int
     ) -> int: ...
-    def tf_waiter_new(self, deadline: float) -> Any: ...
-    def tf_waiter_free(self, waiter: Any) -> None: ...
+    def tf_waiter_size(self) -> int: ...
+    def tf_waiter_init(self, waiter: Any, deadline: float) -> None: ...
     def tf_wait(
         self, w: Any, fd: int, op: int, start: int, len: int, path: bytes | None, dev: int, ino: int
     ) -> int: ...
@@ -59,7 +59,8 @@ class _Lib(Protocol):
 class _FFI(Protocol):
     NULL: Any
 
-    def gc(self, cdata: Any, destructor: Callable[[Any], None]) -> Any: ...
+    def new(self, ctype: str, init: int) -> Any: ...
+    def cast(self, ctype: str, cdata: Any) -> Any: ...
     def string(self, cdata: Any) -> bytes: ...
 
 
@@ -115,6 +116,7 @@ if _loaded is not None:
     # names (dev, ino). Its code is Outcome.OK when the lock is taken; any
     # other goes through outcome().
     try_lock: Callable[[int, int, bytes | None, int, int], int] = _lib.tf_try
+    _WAITER_WORDS = -(-_lib.tf_waiter_size() // 8)  # int64_t's
 
 # The interrupt signal, once use_signal() has chosen it (SIGURG until then).
 SIGNAL = int(signal.SIGURG)
@@ -157,15 +159,16 @@ def outcome(rc: int, path: bytes | None) -> Outcome:
 class Waiter:
     """One native wait: blocks in flock() until granted, its deadline, or cancel()."""
 
-    __slots__ = ("_w",)
+    __slots__ = ("_memory", "_w")
 
     def __init__(self, deadline: float) -> None:
         """deadline: absolute, on time.monotonic()'s clock (CLOCK_MONOTONIC on
         Linux, as the core's); math.inf for none."""
-        w = _lib.tf_waiter_new(-1.0 if deadline == math.inf else deadline)
-        if w == _ffi.NULL:
-            raise MemoryError("touchfile: cannot allocate a waiter")
-        self._w = _ffi.gc(w, _lib.tf_waiter_free)
+        # Python's memory (zeroed, freed with this object): the end of a wait,
+        # granted or not, makes no call into C to free it.
+        self._memory = _ffi.new("int64_t[]", _WAITER_WORDS)
+        self._w = _ffi.cast("tf_waiter *", self._memory)
+        _lib.tf_waiter_init(self._w, -1.0 if deadline == math.inf else deadline)
 
     def wait(
         self, fd: int, op: int, span: tuple[int, int], path: bytes | None, dev: int, ino: int
@@ -175,7 +178,10 @@ class Waiter:
         other error."""
         start, length = span
         cpath = _ffi.NULL if path is None else path
-        return outcome(_lib.tf_wait(self._w, fd, op, start, length, cpath, dev, ino), path)
+        rc = _lib.tf_wait(self._w, fd, op, start, length, cpath, dev, ino)
+        if rc >= 0:  # outcome(), inline: this is every wait's way out
+            return _OUTCOMES[rc]
+        raise _errno(rc, path)
 
     def cancel(self, reason: Outcome) -> None:
         """End the wait with reason, now or when it starts (the first reason wins)."""
