@@ -70,6 +70,8 @@ struct tf_waiter {
     int64_t due;            /* when the scheduler next acts on it */
     size_t slot;            /* index in the heap, or NOT_QUEUED */
 };
+/* tf_waiter_init() promises to work in memory aligned for an int64_t. */
+_Static_assert(_Alignof(struct tf_waiter) <= _Alignof(int64_t), "tf_waiter needs more alignment");
 
 /* What the scheduler sleeps on (CLOCK_MONOTONIC). Each one is initialised
  * once and never destroyed. A forked child must not use one that its
